@@ -1,0 +1,83 @@
+"""`prunekit inspect`: a U-Net as a table of removable units with their costs."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from prunekit.costs import Costs, unet_costs
+from prunekit.graph import Unit, enumerate_units, top_level
+from prunekit.models import unet_config
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """The units of one model at one granularity, and the whole U-Net's costs."""
+
+    model: str
+    granularity: str
+    units: list[Unit]
+    total: Costs
+
+    def rows(self) -> list[dict]:
+        return [
+            {"unit": u.name, "kind": u.kind, "stage": u.stage, "params": u.params,
+             "params_pct": 100 * u.params / self.total.params, "macs": u.macs, "full_macs": u.full_macs,
+             "channels": f"{u.channels_in}->{u.channels_out}" + (f" (+{u.skip_channels} skip)" if u.skip_channels else ""),
+             "resolution": u.resolution, "parent": u.parent or ""}
+            for u in self.units
+        ]
+
+    def summary(self) -> dict:
+        listed = top_level(self.units)
+        return {"model": self.model, "granularity": self.granularity, "units": len(self.units),
+                "params": self.total.params, "macs": self.total.macs, "full_macs": self.total.full_macs,
+                "removable_params": sum(u.params for u in listed), "removable_macs": sum(u.macs for u in listed)}
+
+
+def inspect_model(model: str, granularity: str = "block") -> Inspection:
+    """The units of `model`'s U-Net at `granularity`, counted on the meta device (no weights needed)."""
+    config = unet_config(model)
+    return Inspection(model, granularity, enumerate_units(config, granularity), unet_costs(config))
+
+
+def _giga(value: float) -> str:
+    return f"{value / 1e9:.2f}G"
+
+
+def _millions(value: float) -> str:
+    return f"{value / 1e6:.2f}M"
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]], formats: dict | None = None) -> str:
+    """Rows as an aligned text table; `columns` are (key, heading) pairs, `formats` key -> callable."""
+    formats = formats or {}
+    cells = [[heading for _, heading in columns]]
+    cells += [[formats.get(key, str)(row[key]) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+             for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(inspection: Inspection, fmt: str = "table") -> str:
+    """The inspection as a text table (with totals), CSV or JSON."""
+    rows = inspection.rows()
+    if fmt == "json":
+        return json.dumps({"summary": inspection.summary(), "units": rows}, indent=2)
+    if fmt == "csv":
+        import pandas as pd
+
+        return pd.DataFrame(rows).to_csv(index=False).rstrip("\n")
+    columns = [("unit", "unit"), ("kind", "kind"), ("params", "params"), ("params_pct", "% params"),
+               ("macs", "MACs"), ("full_macs", "MACs+attn"), ("channels", "channels"), ("resolution", "res")]
+    formats = {"params": _millions, "macs": _giga, "full_macs": _giga, "params_pct": lambda v: f"{v:.2f}"}
+    summary = inspection.summary()
+    total = inspection.total
+    footer = (
+        f"{inspection.model}: {summary['units']} units at {inspection.granularity} granularity; U-Net "
+        f"{total.params:,} params, {_giga(total.macs)} MACs per step ({_giga(total.full_macs)} with attention); "
+        f"top-level units hold {summary['removable_params'] / total.params:.1%} of params, "
+        f"{summary['removable_macs'] / total.macs:.1%} of MACs."
+    )
+    return format_table(rows, columns, formats) + "\n\n" + footer

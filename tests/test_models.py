@@ -1,0 +1,64 @@
+"""Model aliases, local directories, fingerprints, and fast clear failure when the hub is out of reach."""
+import json
+import time
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from prunekit import models
+from prunekit.errors import PrunekitError
+
+SMALL = {"block_out_channels": [32, 64], "norm_num_groups": 8, "cross_attention_dim": 16, "attention_head_dim": 4,
+         "sample_size": 8, "layers_per_block": 1,
+         "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}
+
+
+def test_aliases_build_on_meta_without_download():
+    unet = models.load_unet("sd-v1-4")
+    assert next(unet.parameters()).device.type == "meta"
+    assert models.unet_config("sd-v2-1")["sample_size"] == 96
+
+
+def test_fingerprint_is_stable_and_tells_architectures_apart():
+    a = models.fingerprint(models.unet_config("sd-v1-4"))
+    assert a == models.fingerprint(models.load_unet("sd-v1-5"))  # same architecture
+    assert a != models.fingerprint(models.unet_config("sd-v2-1-base"))
+    assert a.startswith("sha256:")
+    # defaults filled in: an explicit default value does not change the fingerprint
+    assert models.fingerprint({**SMALL, "act_fn": "silu"}) == models.fingerprint(SMALL)
+
+
+def test_local_config_only_directories(tmp_path):
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "config.json").write_text(json.dumps(SMALL))
+    (tmp_path / "pipe" / "unet").mkdir(parents=True)
+    (tmp_path / "pipe" / "unet" / "config.json").write_text(json.dumps(SMALL))
+    for folder in ("flat", "pipe"):
+        assert list(models.load_unet(str(tmp_path / folder)).config.block_out_channels) == [32, 64]
+    with pytest.raises(PrunekitError, match="no U-Net config"):
+        models.unet_config(str(tmp_path))
+
+
+def test_local_weights_load(tmp_path):
+    unet = UNet2DConditionModel(**SMALL)
+    unet.save_pretrained(tmp_path / "unet")
+    loaded = models.load_unet(str(tmp_path), weights=True)
+    assert torch.equal(loaded.conv_in.weight, unet.conv_in.weight)
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(PrunekitError, match="unknown model"):
+        models.resolve("no-such-model")
+
+
+@pytest.mark.parametrize("offline", ["1", ""])
+def test_hub_weights_fail_fast_and_clearly_offline(monkeypatch, tmp_path, offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", offline)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
+    for load in (lambda: models.load_unet("sd-v1-4", weights=True), lambda: models.load_pipeline("sd-v1-4"),
+                 lambda: models.unet_config("someone/some-model")):
+        start = time.perf_counter()
+        with pytest.raises(PrunekitError, match="local directory"):
+            load()
+        assert time.perf_counter() - start < 10
