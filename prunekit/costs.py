@@ -6,7 +6,9 @@ torch's FlopCounterMode (FLOPs / 2).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 from dataclasses import dataclass
 
@@ -46,7 +48,8 @@ def _module_macs(key: str, tokens: int) -> tuple[tuple[str, int], ...]:
 
     config = json.loads(key)
     unet = build_unet_meta(config)
-    _, _, per_module, _ = tp.utils.count_ops_and_params(unet, example_inputs(config, tokens=tokens), layer_wise=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # torch-pruning prints a warning about keyword inputs
+        _, _, per_module, _ = tp.utils.count_ops_and_params(unet, example_inputs(config, tokens=tokens), layer_wise=True)
     return tuple((name, int(per_module.get(module) or 0))
                  for name, module in unet.named_modules() if not any(True for _ in module.children()))
 

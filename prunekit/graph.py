@@ -145,10 +145,11 @@ def _mid_units(b: _Builder, unet, resolution: int, granular: bool) -> None:
             _add_attention(b, f"mid.attn{i}", "mid", f"mid_block.attentions.{i}", attentions[i], channels, resolution)
 
 
-def enumerate_units(unet_or_config, granularity: str = "block", tokens: int = 77) -> list[Unit]:
+def enumerate_units(unet_or_config, granularity: str = "block", tokens: int = 77, costs: bool = True) -> list[Unit]:
     """The units of a U-Net (a module, on any device, or its config) at `granularity`, in forward order.
 
-    MACs are those of one step at the config's sample size, batch 1, `tokens` text tokens.
+    MACs are those of one step at the config's sample size, batch 1, `tokens` text tokens; with
+    `costs=False` they are left at 0 (names and modules only, without counting).
     """
     from prunekit.costs import full_macs, module_macs
 
@@ -156,7 +157,8 @@ def enumerate_units(unet_or_config, granularity: str = "block", tokens: int = 77
         raise PrunekitError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}.")
     unet = _meta_unet(unet_or_config)
     config = _config(unet)
-    b = _Builder(unet, module_macs(config, tokens), full_macs(config, tokens))
+    tables = (module_macs(config, tokens), full_macs(config, tokens)) if costs else ({}, {})
+    b = _Builder(unet, *tables)
     sample = int(unet.config.sample_size)
     sizes = [sample // 2 ** s for s in range(len(unet.down_blocks))]
     if granularity == "stage":
@@ -180,12 +182,12 @@ def enumerate_units(unet_or_config, granularity: str = "block", tokens: int = 77
     return b.units
 
 
-def all_units(unet_or_config, tokens: int = 77) -> dict[str, Unit]:
+def all_units(unet_or_config, tokens: int = 77, costs: bool = True) -> dict[str, Unit]:
     """Every unit of every granularity by name: what a plan may name."""
     unet = _meta_unet(unet_or_config)
     units: dict[str, Unit] = {}
     for granularity in GRANULARITIES:
-        for unit in enumerate_units(unet, granularity, tokens):
+        for unit in enumerate_units(unet, granularity, tokens, costs):
             units.setdefault(unit.name, unit)
     return units
 

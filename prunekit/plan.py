@@ -1,0 +1,193 @@
+"""Plans: which units of a U-Net go, the student that remains, and what it is predicted to cost.
+
+A plan is data (DESIGN.md, plan.json "prunekit.plan/1"): presets, the greedy planner and Optuna make
+it; surgery applies it. `load` validates a file and refuses a plan made for another U-Net.
+
+The BK-SDM presets are defined by topology, so they fit any SD-1/SD-2-like U-Net (SD-v1.x, SD-v2.x,
+tiny-sd). That means: at least 3 stages, every down block a CrossAttnDownBlock2D except a plain
+innermost DownBlock2D, up blocks mirroring them (UpBlock2D then CrossAttnUpBlock2D), a
+UNetMidBlock2DCrossAttn mid block and 2 layers per block. Other layouts (SDXL: plain outermost stage,
+attention in the innermost one) are refused.
+
+- bk-base: every down stage keeps only pair 0, every up stage keeps pairs 0 and 2 (pair 1 goes);
+- bk-small: bk-base without the mid block;
+- bk-tiny: bk-small without the innermost stage (`stage0`: down_blocks[-1], the downsampler feeding it and
+  up_blocks[0]); student up_blocks.s then takes teacher up_blocks.s+1.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prunekit.errors import PrunekitError
+
+FORMAT = "prunekit.plan/1"
+PRESETS = ("bk-base", "bk-small", "bk-tiny")
+_UNIT_NAME = re.compile(r"(down|up)\d+\.(res|attn|pair)\d+(\.t\d+)?|down\d+\.downsample|up\d+\.upsample"
+                        r"|mid(\.res\d+|\.attn\d+(\.t\d+)?)?|stage\d+")
+_REQUIRED = {"format": str, "model": dict, "method": str, "remove": list, "student": dict}
+
+
+@dataclass
+class Plan:
+    """One plan.json: the teacher it is for, the units it removes, the student and its predicted costs."""
+
+    model_name: str
+    unet_fingerprint: str
+    method: str  # "preset:bk-small", "greedy", "optuna", ...
+    remove: list[str]
+    student_config: dict  # a complete diffusers UNet2DConditionModel config
+    weight_map: dict[str, str]  # student module path -> teacher module path
+    space: str = "standard"  # "standard": a plain diffusers U-Net
+    budget: dict | None = None  # {"metric": "params", "fraction": 0.6}; None for presets
+    predicted: dict = field(default_factory=dict)  # params, params_fraction, macs, macs_fraction, ...
+    provenance: dict = field(default_factory=dict)  # prunekit version, created, ...
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model": {"name": self.model_name, "unet_fingerprint": self.unet_fingerprint},
+            "method": self.method,
+            "budget": self.budget,
+            "remove": list(self.remove),
+            "student": {"unet_config": self.student_config, "weight_map": self.weight_map, "space": self.space},
+            "predicted": self.predicted,
+            "provenance": self.provenance,
+        }
+
+    def save(self, path) -> Path:
+        """Write the plan as JSON to `path` (parent folders created) and return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=list) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data, source: str = "the plan") -> "Plan":
+        """A Plan from parsed plan.json, with its format and fields checked."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise PrunekitError(f"{source} has format {found!r}, not {FORMAT!r}: make it again with this "
+                                "prunekit (`prunekit plan`).")
+        wrong = [key for key, kind in _REQUIRED.items() if not isinstance(data.get(key), kind)]
+        model, student = (data[k] if isinstance(data.get(k), dict) else {} for k in ("model", "student"))
+        wrong += [f"model.{k}" for k in ("name", "unet_fingerprint") if not isinstance(model.get(k), str)]
+        wrong += [f"student.{k}" for k in ("unet_config", "weight_map") if not isinstance(student.get(k), dict)]
+        if wrong:
+            raise PrunekitError(f"{source} lacks or garbles {', '.join(wrong)}: make it again with `prunekit plan`.")
+        bad = [str(name) for name in data["remove"] if not (isinstance(name, str) and _UNIT_NAME.fullmatch(name))]
+        if bad:
+            raise PrunekitError(f"{source} names unknown unit(s) {', '.join(bad)}: unit names look like "
+                                "down1.pair1, mid or stage0 (see `prunekit inspect`).")
+        return cls(model["name"], model["unet_fingerprint"], data["method"], list(data["remove"]),
+                   student["unet_config"], student["weight_map"], student.get("space", "standard"),
+                   data.get("budget"), data.get("predicted") or {}, data.get("provenance") or {})
+
+    @classmethod
+    def load(cls, path, teacher_config: dict | None = None) -> "Plan":
+        """Read and validate plan.json; with `teacher_config`, also check the plan was made for that U-Net."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError:
+            raise PrunekitError(f"cannot read the plan {path}: check the path.") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PrunekitError(f"{path} is not valid JSON (line {error.lineno}, column {error.colno}): "
+                                "fix it or make the plan again with `prunekit plan`.") from None
+        plan = cls.from_dict(data, str(path))
+        if teacher_config is not None:
+            plan.check_teacher(teacher_config, str(path))
+        return plan
+
+    def check_teacher(self, teacher_config: dict, source: str = "the plan") -> None:
+        """Refuse a plan made for another U-Net, or one naming units this U-Net lacks."""
+        from prunekit.graph import all_units
+        from prunekit.models import fingerprint
+
+        mine = fingerprint(teacher_config)
+        if mine != self.unet_fingerprint:
+            theirs = f"{self.model_name}, {self.unet_fingerprint[:19]}"
+            raise PrunekitError(f"{source} was made for another U-Net ({theirs}) than this one ({mine[:19]}): "
+                                "make a plan for this model.")
+        units = all_units(teacher_config, costs=False)
+        unknown = [name for name in self.remove if name not in units]
+        if unknown:
+            raise PrunekitError(f"{source} names unit(s) this U-Net lacks: {', '.join(unknown)}; "
+                                "list its units with `prunekit inspect`.")
+
+
+load = Plan.load
+
+
+def _sd_like_problem(config: dict) -> str | None:
+    """Why the BK-SDM presets cannot apply to the U-Net of `config` (None when they can)."""
+    down, up = list(config["down_block_types"]), list(config["up_block_types"])
+    n = len(down)
+    layers = config.get("layers_per_block", 2)
+    layers = [layers] * n if isinstance(layers, int) else list(layers)
+    if n < 3:
+        return f"{n} stages, not at least 3"
+    if down != ["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"]:
+        return f"down blocks {down}, not cross-attention blocks then a plain innermost DownBlock2D"
+    if up != ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1):
+        return f"up blocks {up}, not a plain innermost UpBlock2D then cross-attention blocks"
+    if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
+        return f"mid block {config.get('mid_block_type')}, not UNetMidBlock2DCrossAttn"
+    if layers != [2] * n:
+        return f"layers_per_block {config.get('layers_per_block')}, not 2"
+    return None
+
+
+def preset_remove(name: str, teacher_config: dict) -> list[str]:
+    """The units preset `name` removes from the U-Net of `teacher_config` (down, mid, up, then stages)."""
+    if name not in PRESETS:
+        raise PrunekitError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}.")
+    problem = _sd_like_problem(teacher_config)
+    if problem:
+        raise PrunekitError(f"preset {name} needs an SD-1/SD-2-like U-Net but this one has {problem}: "
+                            "remove units with a budget-driven plan instead.")
+    n = len(teacher_config["down_block_types"])
+    tiny = name == "bk-tiny"
+    down = [f"down{d}.pair1" for d in range(n - 1)] + ([] if tiny else [f"down{n - 1}.res1"])
+    up = ([] if tiny else ["up0.res1"]) + [f"up{s}.pair1" for s in range(1, n)]
+    mid = [] if name == "bk-base" else ["mid"]
+    return down + mid + up + (["stage0"] if tiny else [])
+
+
+def provenance(**extra) -> dict:
+    """Who made a plan and when: prunekit, torch and diffusers versions, UTC time, and `extra`."""
+    import diffusers
+    import torch
+
+    from prunekit import __version__
+
+    return {"prunekit": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "diffusers": diffusers.__version__, **extra}
+
+
+def make_plan(model_name: str, teacher_config: dict, remove: list[str], method: str,
+              budget: dict | None = None, **predicted) -> Plan:
+    """A Plan removing `remove` from the teacher: student config and weight map, predicted costs filled in."""
+    from prunekit.costs import unet_costs
+    from prunekit.models import fingerprint
+    from prunekit.surgery import SPACE, student_config
+
+    config, weight_map = student_config(teacher_config, remove)
+    teacher, student = unet_costs(teacher_config), unet_costs(config)
+    fractions = student.fraction_of(teacher)
+    costs = {"params": student.params, "params_fraction": fractions["params"],
+             "macs": student.macs, "macs_fraction": fractions["macs"],
+             "full_macs": student.full_macs, "full_macs_fraction": fractions["full_macs"],
+             "teacher_params": teacher.params, "teacher_macs": teacher.macs, **predicted}
+    return Plan(model_name, fingerprint(teacher_config), method, list(remove), config, weight_map, SPACE,
+                budget, costs, provenance())
+
+
+def make_preset(name: str, model_name: str, teacher_config: dict) -> Plan:
+    """The plan of BK-SDM preset `name` for the U-Net of `teacher_config` (see the module docstring)."""
+    return make_plan(model_name, teacher_config, preset_remove(name, teacher_config), f"preset:{name}")

@@ -1,0 +1,281 @@
+"""Surgery: a teacher U-Net and the units to remove -> a standard diffusers student and its weight map.
+
+The student is a plain `UNet2DConditionModel` (space "standard"): per-stage `layers_per_block`,
+`mid_block_type=None`, fewer stages, plain blocks where every attention of a block went. What such a
+config can express:
+
+- a down block keeps k >= 1 resnets, each with its attention or all attentions of the block gone;
+  its mirror up block then keeps k + 1 (diffusers feeds each up resnet one skip connection);
+- the whole mid block may go (not a part of it);
+- whole stages may go from the inside out (`stage0`, then `stage1`, ...), down and up together;
+- down/up samplers and single transformer layers stay.
+
+Anything else raises a PrunekitError, as does a removal whose kept modules no longer fit their new place
+(every mapped tensor must keep its shape). The weight map names, for every student module that holds
+tensors, the one teacher module its tensors come from: "up_blocks.1.resnets.1" <- "up_blocks.1.resnets.2".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+
+SPACE = "standard"
+
+_PLAIN = {"CrossAttnDownBlock2D": "DownBlock2D", "CrossAttnUpBlock2D": "UpBlock2D"}
+# Config entries holding one value per stage, in down order and in up order.
+_DOWN_KEYS = ("block_out_channels", "down_block_types", "attention_head_dim", "num_attention_heads",
+              "cross_attention_dim", "transformer_layers_per_block", "only_cross_attention")
+_UP_KEYS = ("up_block_types", "reverse_transformer_layers_per_block")
+
+
+@dataclass
+class _Kept:
+    """What the student keeps of one teacher block: teacher indices of its resnets and attentions."""
+
+    path: str  # teacher module path, e.g. "up_blocks.1"
+    resnets: list[int]
+    attentions: list[int]
+    had_attentions: bool
+
+
+@dataclass
+class SurgeryReport:
+    """How the student's tensors were filled: each must come from exactly one same-shape teacher tensor."""
+
+    copied: int = 0  # student tensors copied (or, on the meta device, matched) from the teacher
+    unmapped: list[str] = field(default_factory=list)  # student tensors with no teacher source
+    mismatched: list[str] = field(default_factory=list)  # "student <- teacher: shape vs shape"
+    reused: list[str] = field(default_factory=list)  # teacher tensors that fed more than one student tensor
+    dropped: int = 0  # teacher tensors the student does not use
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unmapped or self.mismatched or self.reused)
+
+    def problems(self, limit: int = 3) -> str:
+        items = self.unmapped + self.mismatched + self.reused
+        more = f" and {len(items) - limit} more" if len(items) > limit else ""
+        return "; ".join(items[:limit]) + more
+
+
+def _gone(path: str, removed: set[str]) -> bool:
+    parts = path.split(".")
+    return any(".".join(parts[:i]) in removed for i in range(1, len(parts) + 1))
+
+
+def removed_modules(teacher, remove: list[str]) -> set[str]:
+    """The module paths of the units named in `remove`; unknown names raise one PrunekitError listing them."""
+    from prunekit.graph import all_units
+
+    units = all_units(teacher, costs=False)
+    unknown = [name for name in remove if name not in units]
+    if unknown:
+        raise PrunekitError(f"unknown unit name(s) {', '.join(unknown)}: run `prunekit inspect` on the model "
+                            "to list the units it has.")
+    return {path for name in remove for path in units[name].modules}
+
+
+def _refuse_partial(removed: set[str]) -> None:
+    for path in sorted(removed):
+        if ".transformer_blocks." in path:
+            raise PrunekitError(f"removing single transformer layers ({path}) has no standard diffusers U-Net: "
+                                "remove the whole attention instead.")
+        if path.startswith("mid_block."):
+            raise PrunekitError(f"removing part of the mid block ({path}) has no standard diffusers U-Net: "
+                                "remove the whole `mid` unit or keep it.")
+        if path.startswith("up_blocks") and path.endswith("upsamplers.0"):
+            raise PrunekitError(f"removing {path} alone has no standard diffusers U-Net: keep the upsamplers.")
+
+
+def _stages_removed(teacher: nn.Module, removed: set[str]) -> int:
+    """How many innermost stages go; refuses stages that are not innermost or not removed both ways."""
+    n = len(teacher.down_blocks)
+    down = [d for d in range(n) if _gone(f"down_blocks.{d}", removed)]
+    up = [s for s in range(n) if _gone(f"up_blocks.{s}", removed)]
+    m = len(down)
+    if down != list(range(n - m, n)) or up != list(range(m)):
+        raise PrunekitError("only whole stages from the inside out (stage0, then stage1, ...) can go from a "
+                            "standard diffusers U-Net: remove stage units, innermost first.")
+    if m >= n:
+        raise PrunekitError("a U-Net needs at least one stage: keep the outermost one.")
+    for d in range(n - m - 1):
+        if _gone(f"down_blocks.{d}.downsamplers.0", removed):
+            raise PrunekitError(f"removing down{d}.downsample alone has no standard diffusers U-Net: "
+                                "remove its whole stage instead.")
+    return m
+
+
+def _kept(block: nn.Module, path: str, removed: set[str]) -> _Kept:
+    attentions = getattr(block, "attentions", None) or []
+    resnets = [i for i in range(len(block.resnets)) if not _gone(f"{path}.resnets.{i}", removed)]
+    attns = [i for i in range(len(attentions)) if not _gone(f"{path}.attentions.{i}", removed)]
+    kept = _Kept(path, resnets, attns, bool(attentions))
+    if not resnets:
+        raise PrunekitError(f"every resnet of {path} would go: remove its whole stage instead.")
+    if attns and attns != resnets:
+        raise PrunekitError(f"{path} keeps attentions {attns} with resnets {resnets}: remove each attention with its "
+                            "resnet (pairs), or all attentions of the block.")
+    return kept
+
+
+def _per_stage(value, keep: list[int], layers: list[list[int]] | None = None):
+    """`value` restricted to the kept stages when it is a per-stage list (per-layer lists restricted too)."""
+    if not isinstance(value, (list, tuple)):
+        return value
+    picked = [value[i] for i in keep]
+    if layers is not None:
+        picked = [[v[j] for j in kept] if isinstance(v, (list, tuple)) else v for v, kept in zip(picked, layers)]
+    return picked
+
+
+def _student_types(types: list[str], blocks: list[_Kept]) -> list[str]:
+    out = []
+    for kind, kept in zip(types, blocks):
+        if kept.had_attentions and not kept.attentions:
+            if kind not in _PLAIN:
+                raise PrunekitError(f"{kind} has no attention-free standard twin: keep the attentions of {kept.path}.")
+            kind = _PLAIN[kind]
+        out.append(kind)
+    return out
+
+
+def _config_and_blocks(teacher: nn.Module, remove: list[str]):
+    from prunekit.models import canonical_config
+
+    removed = removed_modules(teacher, remove)
+    _refuse_partial(removed)
+    n = len(teacher.down_blocks)
+    m = _stages_removed(teacher, removed)
+    keep_down, keep_up = list(range(n - m)), list(range(m, n))
+    down = [_kept(teacher.down_blocks[d], f"down_blocks.{d}", removed) for d in keep_down]
+    up = [_kept(teacher.up_blocks[s], f"up_blocks.{s}", removed) for s in keep_up]
+    for j, kept in enumerate(up):
+        mirror = down[len(down) - 1 - j]
+        if len(kept.resnets) != len(mirror.resnets) + 1:
+            raise PrunekitError(f"{kept.path} would keep {len(kept.resnets)} resnets but needs one more than "
+                                f"{mirror.path}'s {len(mirror.resnets)} (one per skip connection): remove as many "
+                                "pairs from each up stage as from its mirror down stage.")
+    config = canonical_config(dict(teacher.config))
+    down_layers, up_layers = [k.resnets for k in down], [k.resnets for k in up]
+    for key in _DOWN_KEYS:
+        config[key] = _per_stage(config[key], keep_down, down_layers if key == "transformer_layers_per_block" else None)
+    for key in _UP_KEYS:
+        config[key] = _per_stage(config[key], keep_up, up_layers)
+    config["down_block_types"] = _student_types(config["down_block_types"], down)
+    config["up_block_types"] = _student_types(config["up_block_types"], up)
+    layers = [len(k.resnets) for k in down]
+    config["layers_per_block"] = layers[0] if len(set(layers)) == 1 else layers
+    if _gone("mid_block", removed):
+        config["mid_block_type"] = None
+    return config, down, up
+
+
+def _block_map(side: str, j: int, kept: _Kept, student_block: nn.Module) -> dict[str, str]:
+    prefix = f"{side}_blocks.{j}"
+    pairs = {f"{prefix}.resnets.{r}": f"{kept.path}.resnets.{t}" for r, t in enumerate(kept.resnets)}
+    if getattr(student_block, "attentions", None):
+        pairs.update({f"{prefix}.attentions.{r}": f"{kept.path}.attentions.{t}" for r, t in enumerate(kept.attentions)})
+    for sampler in ("downsamplers", "upsamplers"):
+        if getattr(student_block, sampler, None) is not None:
+            pairs[f"{prefix}.{sampler}.0"] = f"{kept.path}.{sampler}.0"
+    return pairs
+
+
+def _weight_map(student: nn.Module, down: list[_Kept], up: list[_Kept]) -> dict[str, str]:
+    weight_map = {}
+    for name, module in student.named_children():
+        if name == "down_blocks":
+            for j, kept in enumerate(down):
+                weight_map.update(_block_map("down", j, kept, module[j]))
+        elif name == "up_blocks":
+            for j, kept in enumerate(up):
+                weight_map.update(_block_map("up", j, kept, module[j]))
+        elif module.state_dict():
+            weight_map[name] = name  # conv_in, time_embedding, mid_block, conv_out, ...: same place
+    return weight_map
+
+
+def tensor_sources(student_keys, weight_map: dict[str, str]) -> dict[str, str | None]:
+    """For each student tensor name, the teacher tensor name the map gives it (None where none covers it)."""
+    sources = {}
+    for key in student_keys:
+        parts = key.split(".")
+        sources[key] = None
+        for i in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:i])
+            if prefix in weight_map:
+                sources[key] = weight_map[prefix] + key[len(prefix):]
+                break
+    return sources
+
+
+def check_map(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str]) -> tuple[SurgeryReport, dict]:
+    """Match every student tensor to its teacher tensor through `weight_map`; works on any device, meta too."""
+    teacher_shapes = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
+    sources = tensor_sources(student.state_dict().keys(), weight_map)
+    report, users = SurgeryReport(), {}
+    for key, tensor in student.state_dict().items():
+        source = sources[key]
+        if source is None or source not in teacher_shapes:
+            report.unmapped.append(f"{key} <- {source or 'nothing'}")
+        elif teacher_shapes[source] != tuple(tensor.shape):
+            report.mismatched.append(f"{key} <- {source}: {tuple(tensor.shape)} vs {teacher_shapes[source]}")
+        else:
+            report.copied += 1
+            users.setdefault(source, []).append(key)
+    report.reused = [f"{source} -> {', '.join(keys)}" for source, keys in users.items() if len(keys) > 1]
+    report.dropped = len(teacher_shapes) - len(users)
+    return report, sources
+
+
+def student_config(teacher_config: dict, remove: list[str]) -> tuple[dict, dict[str, str]]:
+    """The standard diffusers config of the student left by removing `remove`, and its weight map.
+
+    Raises a PrunekitError where the removal has no standard diffusers equivalent.
+    """
+    from prunekit.models import build_unet_meta
+
+    teacher = build_unet_meta(teacher_config)
+    config, down, up = _config_and_blocks(teacher, list(remove))
+    student = build_unet_meta(config)
+    weight_map = _weight_map(student, down, up)
+    report, _ = check_map(student, teacher, weight_map)
+    if not report.ok:
+        raise PrunekitError(f"this removal leaves modules that no longer fit a standard diffusers U-Net "
+                            f"({report.problems()}): remove other units.")
+    return config, weight_map
+
+
+def build_student(teacher_unet: nn.Module, plan_or_remove, strict: bool = True):
+    """The student of a Plan (its stored config and map) or of a list of unit names, and a SurgeryReport.
+
+    The student lies on the teacher's device in its dtype (a meta teacher gives a meta student) and every
+    tensor is copied from the teacher through the weight map. With `strict`, a student tensor without
+    exactly one same-shape teacher source raises a PrunekitError; otherwise the report lists it and it
+    keeps its fresh initialisation.
+    """
+    from diffusers import UNet2DConditionModel
+
+    if isinstance(plan_or_remove, (list, tuple)):
+        config, weight_map = student_config(dict(teacher_unet.config), plan_or_remove)
+    else:
+        config, weight_map = plan_or_remove.student_config, plan_or_remove.weight_map
+    device, dtype = teacher_unet.device, teacher_unet.dtype
+    with torch.device(device):
+        student = UNet2DConditionModel.from_config(config).to(dtype)
+    report, sources = check_map(student, teacher_unet, weight_map)
+    if strict and not report.ok:
+        raise PrunekitError(f"the plan's weight map does not fit this teacher ({report.problems()}): "
+                            "make the plan again for this U-Net.")
+    if device.type != "meta":
+        teacher_state, student_state = teacher_unet.state_dict(), student.state_dict()
+        broken = {entry.split(" <- ")[0] for entry in report.unmapped + report.mismatched}
+        with torch.no_grad():
+            for key, tensor in student_state.items():
+                if key not in broken:
+                    tensor.copy_(teacher_state[sources[key]])
+    return student, report

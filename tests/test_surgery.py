@@ -1,0 +1,145 @@
+"""Surgery: student configs (BK-SDM's, on the real SD configs on the meta device) and weight copying
+(on small random-initialised U-Nets): bit-identical tensors, forward passes, plain diffusers save/reload."""
+import copy
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from prunekit.errors import PrunekitError
+from prunekit.models import build_unet_meta, unet_config
+from prunekit.plan import make_preset, preset_remove
+from prunekit.surgery import build_student, student_config
+
+TINY = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [32, 64, 64, 64], "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+}
+PRESETS = ("bk-base", "bk-small", "bk-tiny")
+
+
+def params(config: dict) -> int:
+    return sum(p.numel() for p in build_unet_meta(config).parameters())
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return UNet2DConditionModel.from_config(TINY).eval()
+
+
+def inputs(batch: int = 2):
+    generator = torch.Generator().manual_seed(1)
+    return (torch.randn(batch, 4, 16, 16, generator=generator), torch.tensor([7, 500]),
+            torch.randn(batch, 5, 32, generator=generator))
+
+
+@pytest.mark.parametrize("model, expected", [
+    ("sd-v1-4", (579_384_964, 482_346_884, 323_384_964)),
+    ("sd-v2-1-base", (583_480_964, 485_787_524, 326_825_604)),
+])
+def test_preset_students_have_bk_sdm_params(model, expected):
+    teacher_config = unet_config(model)
+    for preset, count in zip(PRESETS, expected):
+        config, _ = student_config(teacher_config, preset_remove(preset, teacher_config))
+        assert params(config) == count, preset
+
+
+def test_students_match_bk_sdm_published_configs():
+    sd = unet_config("sd-v1-4")
+    base, small, tiny = (student_config(sd, preset_remove(p, sd))[0] for p in PRESETS)
+    for config in (base, small, tiny):
+        assert config["layers_per_block"] == 1
+    assert base["mid_block_type"] == "UNetMidBlock2DCrossAttn"
+    assert base["block_out_channels"] == small["block_out_channels"] == [320, 640, 1280, 1280]
+    assert small["mid_block_type"] is None and tiny["mid_block_type"] is None
+    assert tiny["block_out_channels"] == [320, 640, 1280]
+    assert tiny["down_block_types"] == ["CrossAttnDownBlock2D"] * 3
+    assert tiny["up_block_types"] == ["CrossAttnUpBlock2D"] * 3
+    unet = build_unet_meta(base)
+    assert [len(b.resnets) for b in unet.down_blocks] == [1, 1, 1, 1]
+    assert [len(b.resnets) for b in unet.up_blocks] == [2, 2, 2, 2]
+
+
+def test_weight_maps_follow_the_presets():
+    sd = unet_config("sd-v1-4")
+    _, base = student_config(sd, preset_remove("bk-base", sd))
+    assert base["up_blocks.1.resnets.1"] == "up_blocks.1.resnets.2"
+    assert base["up_blocks.1.attentions.1"] == "up_blocks.1.attentions.2"
+    assert base["down_blocks.2.downsamplers.0"] == "down_blocks.2.downsamplers.0"
+    assert base["mid_block"] == "mid_block"
+    _, tiny = student_config(sd, preset_remove("bk-tiny", sd))
+    assert tiny["up_blocks.0.resnets.1"] == "up_blocks.1.resnets.2"
+    assert tiny["up_blocks.0.upsamplers.0"] == "up_blocks.1.upsamplers.0"
+    assert "mid_block" not in tiny and "down_blocks.2.downsamplers.0" not in tiny
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_student_tensors_are_the_teachers_bit_for_bit(teacher, preset, tmp_path):
+    student, report = build_student(teacher, preset_remove(preset, TINY))
+    assert report.ok and report.copied == len(student.state_dict()) and report.dropped > 0
+    _, weight_map = student_config(TINY, preset_remove(preset, TINY))
+    teacher_state = teacher.state_dict()
+    for key, tensor in student.state_dict().items():
+        source = next(weight_map[p] + key[len(p):] for p in weight_map if key.startswith(p + "."))
+        assert torch.equal(tensor, teacher_state[source]), key
+    sample, timestep, text = inputs()
+    with torch.no_grad():
+        out = student.eval()(sample, timestep, text).sample
+    assert out.shape == sample.shape and torch.isfinite(out).all()
+    student.save_pretrained(tmp_path / "student")
+    again = UNet2DConditionModel.from_pretrained(tmp_path / "student").eval()
+    with torch.no_grad():
+        assert torch.equal(again(sample, timestep, text).sample, out)
+
+
+def test_per_stage_layers_and_plain_blocks(teacher):
+    remove = ["down0.pair1", "up3.pair1", "down1.attn0", "down1.attn1", "up2.attn0", "up2.attn1", "up2.attn2"]
+    student, report = build_student(teacher, remove)
+    assert report.ok
+    assert student.config.layers_per_block == [1, 2, 2, 2]
+    assert student.config.down_block_types[1] == "DownBlock2D" and student.config.up_block_types[2] == "UpBlock2D"
+    assert [len(b.resnets) for b in student.up_blocks] == [3, 3, 3, 2]
+    sample, timestep, text = inputs()
+    with torch.no_grad():
+        assert student(sample, timestep, text).sample.shape == sample.shape
+
+
+def test_student_follows_the_teachers_device_and_dtype(teacher):
+    meta_student, report = build_student(build_unet_meta(TINY), preset_remove("bk-small", TINY))
+    assert report.ok and meta_student.device.type == "meta"
+    half, _ = build_student(copy.deepcopy(teacher).to(torch.bfloat16), preset_remove("bk-base", TINY))
+    assert half.dtype == torch.bfloat16
+
+
+def test_plan_is_applied_and_a_foreign_map_refused(teacher):
+    plan = make_preset("bk-tiny", "tiny", TINY)
+    student, _ = build_student(teacher, plan)
+    assert student.config.block_out_channels == [32, 64, 64]
+    plan.weight_map["up_blocks.0.resnets.1"] = "up_blocks.3.resnets.1"  # a 32-channel resnet in a 64 one
+    with pytest.raises(PrunekitError, match="weight map does not fit"):
+        build_student(teacher, plan)
+    _, report = build_student(teacher, plan, strict=False)
+    assert report.mismatched and report.mismatched[0].startswith("up_blocks.0.resnets.1.")
+
+
+@pytest.mark.parametrize("remove, message", [
+    (["down0.pair1"], "one more than"),
+    (["mid.attn0"], "part of the mid block"),
+    (["stage1"], "inside out"),
+    (["down0.attn1"], "remove each attention with its resnet"),
+    (["down0.downsample"], "alone"),
+    (["up1.upsample"], "alone"),
+    (["down0.pair0", "down0.pair1"], "whole stage"),
+    (["down9.pair1", "mid.res7"], "down9.pair1, mid.res7"),
+])
+def test_removals_without_a_standard_student_are_refused(remove, message):
+    with pytest.raises(PrunekitError, match=message):
+        student_config(TINY, remove)
+
+
+def test_single_transformer_layers_cannot_go():
+    with pytest.raises(PrunekitError, match="transformer layers"):
+        student_config({**TINY, "transformer_layers_per_block": 2}, ["down1.attn0.t1"])
