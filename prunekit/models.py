@@ -113,7 +113,7 @@ def unet_config(model: str) -> dict:
     where = resolve(model)
     if os.path.isdir(where):
         return json.loads((_local_unet_dir(Path(where)) / "config.json").read_text())
-    return _from_hub(lambda local: UNet2DConditionModel.load_config(where, subfolder="unet", local_files_only=local),
+    return from_hub(lambda local: UNet2DConditionModel.load_config(where, subfolder="unet", local_files_only=local),
                      model)
 
 
@@ -129,7 +129,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_hub(load, model: str):
+def from_hub(load, model: str):
     """Run `load(local_files_only)` against the hub, or its local cache when the hub cannot be reached.
 
     huggingface_hub retries for half a minute when offline; probing first makes failure take seconds.
@@ -157,7 +157,7 @@ def load_unet(model: str, weights: bool = False, dtype: torch.dtype = torch.floa
     if os.path.isdir(where):
         folder = _local_unet_dir(Path(where))
         return UNet2DConditionModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    return _from_hub(lambda local: UNet2DConditionModel.from_pretrained(
+    return from_hub(lambda local: UNet2DConditionModel.from_pretrained(
         where, subfolder="unet", dtype=dtype, local_files_only=local), model)
 
 
@@ -171,7 +171,7 @@ def load_pipeline(model: str, dtype: torch.dtype = torch.float32):
         if not (Path(where) / "model_index.json").is_file():
             raise PrunekitError(f"{where} is not a diffusers pipeline directory (no model_index.json).")
         return DiffusionPipeline.from_pretrained(where, local_files_only=True, **kwargs)
-    return _from_hub(lambda local: DiffusionPipeline.from_pretrained(where, local_files_only=local, **kwargs), model)
+    return from_hub(lambda local: DiffusionPipeline.from_pretrained(where, local_files_only=local, **kwargs), model)
 
 
 def canonical_config(config: dict) -> dict:

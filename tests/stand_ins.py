@@ -1,0 +1,61 @@
+"""Small randomly initialised stand-ins for tiny-clip and tiny-sd, saved the way the real ones are."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTokenizer
+
+MAX_LENGTH = 80  # one token per character: a shapes caption is at most 64 characters
+
+
+def tokenizer() -> CLIPTokenizer:
+    """A character-level CLIP tokenizer: every lowercase letter, alone or word-final."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {token: i for i, token in enumerate(letters + [c + "</w>" for c in letters]
+                                                + ["<|startoftext|>", "<|endoftext|>"])}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_LENGTH)
+
+
+def _text_config(tok: CLIPTokenizer, hidden: int) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=MAX_LENGTH, projection_dim=hidden,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
+def save_clip(directory: Path, with_processor: bool = True) -> Path:
+    """A random CLIPModel for 64x64 images saved in `directory`, with its processor unless told otherwise."""
+    torch.manual_seed(0)
+    tok = tokenizer()
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 64, "patch_size": 16, "projection_dim": 16}
+    config = CLIPConfig(text_config=_text_config(tok, 16).to_dict(), vision_config=vision, projection_dim=16)
+    CLIPModel(config).save_pretrained(directory)
+    if with_processor:  # normalised to [-1, 1] as tiny-clip's is
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                                                image_mean=[0.5] * 3, image_std=[0.5] * 3)
+        CLIPProcessor(image_processor, tok).save_pretrained(directory)
+    return directory
+
+
+def pipeline() -> StableDiffusionPipeline:
+    """A random StableDiffusionPipeline for 64x64 images over 4x16x16 latents, PNDM, no safety checker."""
+    torch.manual_seed(0)
+    tok = tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=64, norm_num_groups=4,
+    )
+    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                              steps_offset=1, set_alpha_to_one=False)
+    return StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(_text_config(tok, 16)), tokenizer=tok,
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)

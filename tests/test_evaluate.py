@@ -1,0 +1,99 @@
+"""`evaluate` and generation on a tiny random pipeline: result keys, determinism, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+import stand_ins
+from prunekit.evaluate import evaluate
+from prunekit.errors import PrunekitError
+from prunekit.generate import generate, image_seeds
+from prunekit.models import ASSETS
+
+SHAPES_KEYS = {"attribute_accuracy", "clip_score", "clip_score_real", "clip_score_ratio", "num_prompts", "steps",
+               "guidance", "seed", "seconds_per_image", "prompts", "clip_model"}
+FILE_KEYS = SHAPES_KEYS - {"attribute_accuracy", "clip_score_real", "clip_score_ratio"}
+FAST = {"steps": 2, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return stand_ins.pipeline()
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory, pipe):
+    directory = tmp_path_factory.mktemp("pipe")
+    pipe.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return stand_ins.save_clip(tmp_path_factory.mktemp("clip"))
+
+
+def test_shapes_evaluation_from_a_directory(pipe_dir, clip_dir):
+    result = evaluate(str(pipe_dir), num_prompts=3, batch_size=2, clip_model=str(clip_dir), **FAST)
+    assert set(result) == SHAPES_KEYS
+    assert list(result["attribute_accuracy"]) == ["color", "shape", "position", "size", "all"]
+    assert all(0 <= value <= 1 for value in result["attribute_accuracy"].values())
+    assert result["clip_score_real"] >= 0 and result["clip_score"] >= 0
+    assert result["clip_score_ratio"] is None or result["clip_score_ratio"] >= 0
+    assert (result["num_prompts"], result["steps"], result["guidance"], result["seed"]) == (3, 2, 7.5, 0)
+    assert result["seconds_per_image"] > 0 and result["prompts"] == "shapes"
+    json.dumps(result, allow_nan=False)
+
+
+def test_results_do_not_depend_on_batch_size(pipe, clip_dir):
+    one, three = (evaluate(pipe, num_prompts=3, batch_size=size, clip_model=str(clip_dir), **FAST) for size in (1, 3))
+    one.pop("seconds_per_image"), three.pop("seconds_per_image")
+    assert one == three
+
+
+def test_generation_does_not_depend_on_batch_size(pipe):
+    prompts = ["a small red circle in the center on a gray background"] * 2 + ["a large blue star in the top left"]
+    seeds = image_seeds(0, 3)
+    batched = generate(pipe, prompts, seeds, steps=2, batch_size=3, progress=False)
+    single = generate(pipe, prompts[1:], seeds[1:], steps=2, batch_size=1, progress=False)
+    assert [np.asarray(image).tolist() for image in batched[1:]] == [np.asarray(image).tolist() for image in single]
+    assert np.asarray(batched[0]).tolist() != np.asarray(batched[1]).tolist()  # same prompt, other noise
+
+
+def test_image_seeds():
+    assert image_seeds(0, 5)[:3] == image_seeds(0, 3)
+    assert len(set(image_seeds(0, 100))) == 100
+    assert not set(image_seeds(0, 10)) & set(image_seeds(1, 10))
+
+
+def test_prompt_file(tmp_path, pipe, clip_dir):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a photo of a cat\n\n  a red car  \na bowl of soup\n")
+    result = evaluate(pipe, prompts=str(path), num_prompts=2, clip_model=str(clip_dir), **FAST)
+    assert set(result) == FILE_KEYS and result["num_prompts"] == 2 and result["prompts"] == str(path)
+
+
+@pytest.mark.parametrize("content", [None, "\n  \n"], ids=["missing", "empty"])
+def test_bad_prompt_file(tmp_path, pipe, clip_dir, content):
+    path = tmp_path / "prompts.txt"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(PrunekitError, match="prompt"):
+        evaluate(pipe, prompts=str(path), clip_model=str(clip_dir), **FAST)
+
+
+def test_clip_model_is_checked_before_generating(tmp_path):
+    with pytest.raises(PrunekitError, match="CLIP"):
+        evaluate("no-such-model", clip_model=str(tmp_path), **FAST)
+
+
+def test_unknown_model(clip_dir):
+    with pytest.raises(PrunekitError, match="unknown model"):
+        evaluate("no-such-model", clip_model=str(clip_dir), **FAST)
+
+
+@pytest.mark.skipif(not (ASSETS / "tiny-sd").is_dir() or not (ASSETS / "tiny-clip").is_dir(),
+                    reason="the bundled tiny-sd and tiny-clip are not built yet")
+def test_bundled_tiny_sd():
+    result = evaluate("tiny-sd", num_prompts=2, **FAST)
+    assert set(result) == SHAPES_KEYS and result["clip_model"] == "tiny-clip"
