@@ -1,0 +1,213 @@
+"""Run-time ablation: remove units from a diffusers UNet2DConditionModel in place, and put them back.
+
+`with ablate(unet, ["down1.pair1", "mid"]): ...` swaps every module of the named units for a
+parameter-free stand-in (setattr on the module's parent) and swaps the originals back on exit, also on an
+exception: no copy of the model, no weight touched, outputs afterwards bit-identical to before.
+
+The stand-ins:
+
+- resnet: the identity where its channel count does not change, else `ChannelInterpolation`, linear
+  interpolation along the channel axis (align_corners=True). An up-path resnet receives the hidden state and
+  its skip connection concatenated (diffusers' up blocks concatenate before each resnet): the stand-in keeps
+  the hidden state's channels and drops the skip.
+- attention (Transformer2DModel), transformer layer (BasicTransformerBlock), mid block: the identity.
+- downsampler: 2x2 average pooling; upsampler: nearest 2x. The resolution still changes, because the skip
+  connections and the later blocks expect it to.
+- stage{k}: the resolution level is cut out, as a U-Net built with one level fewer computes it. The
+  resnets and attentions of its down and up blocks get the stand-ins above, so each block still pushes and
+  pops the number of skip connections diffusers' forward counts on. The downsampler that enters the level
+  and the up block's upsampler that leaves it become the identity: the level's resolution is gone, and the
+  levels inside it (and the mid block) run at twice their resolution. The down block's own downsampler,
+  which enters the next inner level, still halves.
+
+Units that share a module (a pair and its resnet, `mid` and `mid.res0`, an attention and its transformer
+layers, `stage0` and the blocks in it, adjacent stages, which share a downsampler) cannot be ablated
+together: `check_together` refuses them with a PrunekitError, and `compatible_units` lists what may join a set.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.graph import Unit, all_units
+
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Unit]] = weakref.WeakKeyDictionary()
+
+
+class ChannelInterpolation(nn.Module):
+    """A removed resnet that changes the channel count: keeps the first `channels_in` channels (an up-path
+    resnet's input is [hidden, skip]: the skip goes) and interpolates them linearly to `channels_out`."""
+
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.channels_in, self.channels_out = channels_in, channels_out
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        hidden = hidden_states[:, : self.channels_in]
+        if self.channels_in == self.channels_out:
+            return hidden
+        batch, _, height, width = hidden.shape
+        along_channels = hidden.flatten(2).transpose(1, 2)  # (batch, pixels, channels): interpolate the last axis
+        resized = F.interpolate(along_channels, size=self.channels_out, mode="linear", align_corners=True)
+        return resized.transpose(1, 2).reshape(batch, self.channels_out, height, width)
+
+    def extra_repr(self) -> str:
+        return f"{self.channels_in} -> {self.channels_out}"
+
+
+class Passthrough(nn.Module):
+    """A removed module whose output has its input's shape: returns its first argument."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+class AttentionPassthrough(nn.Module):
+    """A removed Transformer2DModel: its input, returned the way diffusers' blocks unpack it."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, return_dict: bool = True, **kwargs):
+        return Transformer2DModelOutput(sample=hidden_states) if return_dict else (hidden_states,)
+
+
+class AveragePoolDownsample(nn.Module):
+    """A removed downsampler: 2x2 average pooling (an odd side rounds up, as the strided conv does)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return F.avg_pool2d(hidden_states, 2, ceil_mode=True)
+
+
+class NearestUpsample(nn.Module):
+    """A removed upsampler: nearest 2x, or to the size diffusers forwards for odd latent sizes."""
+
+    def forward(self, hidden_states: torch.Tensor, output_size=None, *args, **kwargs) -> torch.Tensor:
+        if output_size is None:
+            return F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
+        return F.interpolate(hidden_states, size=output_size, mode="nearest")
+
+
+@functools.lru_cache(maxsize=8)
+def _units_of(config_key: str) -> dict[str, Unit]:
+    return all_units(json.loads(config_key))
+
+
+def unit_table(unet: nn.Module) -> dict[str, Unit]:
+    """Every unit of `unet` by name, from its config (so it holds while units are ablated)."""
+    config = {key: value for key, value in unet.config.items() if not key.startswith("_")}
+    return _units_of(json.dumps(config, sort_keys=True, default=list))
+
+
+def _inside(path: str, container: str) -> bool:
+    return path == container or path.startswith(container + ".")
+
+
+def _shared_module(a: Unit, b: Unit) -> str | None:
+    for pa in a.modules:
+        for pb in b.modules:
+            if _inside(pa, pb) or _inside(pb, pa):
+                return min(pa, pb, key=len)
+    return None
+
+
+def resolve(unet: nn.Module, units: Iterable[Unit | str] | Unit | str) -> list[Unit]:
+    """The units of `unet` that `units` (Unit objects or names, or one of them) name; a unit is its name."""
+    table = unit_table(unet)
+    resolved = []
+    for unit in [units] if isinstance(units, (str, Unit)) else units:
+        name = unit.name if isinstance(unit, Unit) else unit
+        found = table.get(name)
+        if found is None:
+            close = difflib.get_close_matches(str(name), table, n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise PrunekitError(f"this U-Net has no unit {name!r}{hint}: use names such as down1.res0, mid, stage0.")
+        resolved.append(found)
+    return resolved
+
+
+def check_together(units: list[Unit]) -> None:
+    """Refuse units that cannot be ablated at once: the same unit twice, or two that share a module."""
+    for i, a in enumerate(units):
+        for b in units[i + 1:]:
+            if a.name == b.name:
+                raise PrunekitError(f"unit {a.name} is listed twice: list it once.")
+            shared = _shared_module(a, b)
+            if shared is not None:
+                raise PrunekitError(f"units {a.name} and {b.name} overlap (both hold {shared}): "
+                                    "ablate one of them, not both.")
+
+
+def compatible_units(unet: nn.Module, chosen: Iterable[Unit | str] = ()) -> list[Unit]:
+    """The units of `unet` (all granularities) that may be ablated together with all of `chosen`."""
+    chosen = resolve(unet, chosen)
+    check_together(chosen)
+    return [u for u in unit_table(unet).values()
+            if all(u.name != c.name and _shared_module(u, c) is None for c in chosen)]
+
+
+def ablated_units(unet: nn.Module) -> tuple[str, ...]:
+    """The names of the units of `unet` ablated right now, in the order they were ablated."""
+    return tuple(u.name for u in _ACTIVE.get(unet, ()))
+
+
+def _leaf_standin(unit: Unit, path: str) -> nn.Module:
+    """The stand-in for one module of a res/attn/pair/transformer/sampler/mid unit."""
+    if ".resnets." in path:
+        return ChannelInterpolation(unit.channels_in, unit.channels_out)
+    if ".downsamplers." in path:
+        return AveragePoolDownsample()
+    if ".upsamplers." in path:
+        return NearestUpsample()
+    if ".attentions." in path and ".transformer_blocks." not in path:
+        return AttentionPassthrough()
+    return Passthrough()  # a transformer layer or the whole mid block
+
+
+def _standins(unit: Unit, table: dict[str, Unit]) -> list[tuple[str, nn.Module]]:
+    """(module path, stand-in) for every module that ablating `unit` swaps."""
+    if unit.kind != "stage":
+        return [(path, _leaf_standin(unit, path)) for path in unit.modules]
+    blocks = [path for path in unit.modules if ".downsamplers." not in path]
+    swaps = [(path, Passthrough()) for path in unit.modules if path not in blocks]  # the entering downsampler
+    for part in table.values():
+        if part.kind in ("res", "attn", "downsample", "upsample") and any(
+                _inside(part.modules[0], block) for block in blocks):
+            for path in part.modules:  # the up block's upsampler leaves the level: the identity too
+                swaps.append((path, Passthrough() if part.kind == "upsample" else _leaf_standin(part, path)))
+    return swaps
+
+
+@contextmanager
+def ablate(unet: nn.Module, units: Iterable[Unit | str] | Unit | str) -> Iterator[list[Unit]]:
+    """Remove `units` (Unit objects or names) from `unet` in place for the body of the `with`.
+
+    Yields the resolved units. Contexts may nest over disjoint units; overlapping units, also across nested
+    contexts, are refused with a PrunekitError before anything changes.
+    """
+    table = unit_table(unet)
+    removed = resolve(unet, units)
+    active = _ACTIVE.setdefault(unet, [])
+    check_together(active + removed)
+    originals: list[tuple[nn.Module, str, nn.Module]] = []
+    active.extend(removed)
+    try:
+        for unit in removed:
+            for path, standin in _standins(unit, table):
+                parent_path, _, name = path.rpartition(".")
+                parent = unet.get_submodule(parent_path)
+                originals.append((parent, name, parent.get_submodule(name)))
+                setattr(parent, name, standin)
+        yield removed
+    finally:
+        for parent, name, module in reversed(originals):
+            setattr(parent, name, module)
+        for unit in removed:
+            active.remove(unit)
