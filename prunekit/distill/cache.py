@@ -1,0 +1,120 @@
+"""The frozen encoders of the teacher, and `--cache-latents`: their outputs computed once and kept on disk.
+
+Training needs, for every example, the VAE's posterior over latents (its mean and log-variance, the
+"moments") and the text encoder's embedding of the caption. Without a cache they are computed every
+step; with one they are read from DIR/cache/:
+
+    cache.json     what the cache was made from; a cache made from anything else is rebuilt
+    moments.npy    N x F x 2C x h x w float32: the posterior of each example (F = 2 with flips: as is, mirrored)
+    captions.npy   N int64: each example's row in text.npy
+    text.npy       U x L x D: the embedding of each distinct caption (float16 under mixed precision)
+
+Latents are sampled from the moments at every step in both cases, as Stable Diffusion's training does.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from prunekit.distill.data import Captioned, flips
+
+FORMAT = "prunekit.latent-cache/1"
+
+
+class Encoder:
+    """The teacher's VAE encoder and text encoder, frozen, on `device` in `dtype`."""
+
+    def __init__(self, pipe, device: torch.device, dtype: torch.dtype):
+        self.vae = pipe.vae.to(device, dtype).eval().requires_grad_(False)
+        self.text_encoder = pipe.text_encoder.to(device, dtype).eval().requires_grad_(False)
+        self.tokenizer = pipe.tokenizer
+        self.device, self.dtype = device, dtype
+
+    @torch.no_grad()
+    def moments(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The VAE posterior's parameters (mean and log-variance, stacked on channels) of B x 3 x H x W images."""
+        return self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.parameters
+
+    @torch.no_grad()
+    def text(self, captions: list[str]) -> torch.Tensor:
+        """The text encoder's last hidden states (B x L x D) for `captions`, padded to the tokenizer's length."""
+        ids = self.tokenizer(list(captions), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Examples read from a cache: {"moments": 2C x h x w, "text_embeds": L x D}, mirrored per epoch like the images."""
+
+    def __init__(self, directory: Path, seed: int):
+        self.directory, self.seed, self.epoch = Path(directory), seed, 0
+        self._arrays = None  # opened lazily, so that data-loader workers each map the files themselves
+        self.length = len(np.load(self.directory / "captions.npy", mmap_mode="r"))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _open(self):
+        if self._arrays is None:
+            self._arrays = [np.load(self.directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                            for name in ("moments", "captions", "text")]
+        return self._arrays
+
+    def __getitem__(self, index: int) -> dict:
+        moments, captions, text = self._open()
+        variant = int(moments.shape[1] == 2 and flips(self.seed, self.epoch, index))
+        return {"moments": torch.from_numpy(np.array(moments[index, variant])),
+                "text_embeds": torch.from_numpy(np.array(text[captions[index]]))}
+
+
+def cache_key(dataset: Captioned, teacher: str, dtype: torch.dtype) -> dict:
+    """What a cache depends on: the data, its resolution and flips, the teacher and the compute dtype."""
+    return {"format": FORMAT, "data": dataset.source.description, "examples": len(dataset),
+            "resolution": dataset.resolution, "flips": dataset.flip, "teacher": teacher, "dtype": str(dtype)}
+
+
+def build_cache(directory: Path, dataset: Captioned, encoder: Encoder, key: dict, batch_size: int = 64,
+                progress: bool = True) -> Path:
+    """Encode every example of `dataset` into `directory` (kept as is when it already holds the same cache)."""
+    directory = Path(directory)
+    meta = directory / "cache.json"
+    if meta.is_file() and json.loads(meta.read_text()) == {**key, "complete": True}:
+        return directory
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True)
+    variants = (False, True) if dataset.flip else (False,)
+    n = len(dataset)
+    text_dtype = np.float32 if encoder.dtype == torch.float32 else np.float16
+    moments = None
+    rows: dict[str, int] = {}
+    captions = np.empty(n, dtype=np.int64)
+    with tqdm(total=n, desc="caching latents", unit="image", disable=not progress) as bar:
+        for start in range(0, n, batch_size):
+            indices = range(start, min(start + batch_size, n))
+            items = [dataset.source.item(index) for index in indices]
+            encoded = [encoder.moments(torch.stack([dataset.pixels(image, mirrored) for image, _ in items]))
+                       for mirrored in variants]
+            batch = torch.stack(encoded, dim=1).float().cpu().numpy()
+            if moments is None:
+                moments = np.lib.format.open_memmap(directory / "moments.npy", mode="w+", dtype=np.float32,
+                                                    shape=(n, *batch.shape[1:]))
+            moments[start:start + len(items)] = batch
+            for index, (_, text) in zip(indices, items):
+                captions[index] = rows.setdefault(text, len(rows))
+            bar.update(len(items))
+    moments.flush()
+    np.save(directory / "captions.npy", captions)
+    texts = list(rows)
+    embeddings = [encoder.text(texts[i:i + batch_size]).float().cpu().numpy() for i in range(0, len(texts), batch_size)]
+    np.save(directory / "text.npy", np.concatenate(embeddings).astype(text_dtype))
+    meta.write_text(json.dumps({**key, "complete": True}, indent=2) + "\n")
+    return directory

@@ -1,0 +1,146 @@
+"""Feature distillation points: forward hooks keyed by module path, and teacher/student stage matching.
+
+Features are the outputs of every stage (`down_blocks.i`, `up_blocks.i`). A student stage is matched to
+the teacher stage its weights came from (read off the plan's weight map). Where the two stage outputs
+differ in shape, an earlier point of equal shape is taken by one general rule (`match_points`): walking
+back from the end of the teacher's stage through the outputs of its parts (resnets, attentions,
+samplers), the first teacher point whose shape the student's stage also produces is paired with the
+student's latest point of that shape. For BK-SDM-Tiny this pairs the student's last down stage (which
+lost its downsampler with the innermost stage) with the teacher's last attention before its downsampler,
+as BK-SDM did.
+
+Hooks are registered on the unwrapped model's modules and keyed by module path, so they work unchanged
+when the model is then wrapped for DDP (no "module." prefixes to get wrong, BK-SDM's multi-GPU bug).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from prunekit.errors import PrunekitError
+
+STAGES = ("down_blocks", "up_blocks")
+_PARTS = ("resnets", "attentions", "downsamplers", "upsamplers")
+
+
+def _tensor(output) -> torch.Tensor:
+    """The hidden states a module returned: the tensor itself, or the first item of a tuple or output object."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+class FeatureTaps:
+    """Forward hooks that keep the outputs of some modules of one model, keyed by module path.
+
+    Outputs are kept only inside `capture()`, so recomputation during the backward pass (gradient
+    checkpointing) neither overwrites them nor keeps extra tensors alive.
+    """
+
+    def __init__(self, model: nn.Module, paths):
+        modules = dict(model.named_modules())
+        missing = [path for path in paths if path not in modules]
+        if missing:
+            raise PrunekitError(f"the model has no module(s) {', '.join(missing)}: the plan does not fit this U-Net.")
+        self.features: dict[str, torch.Tensor] = {}
+        self._active = False
+        self._handles = [modules[path].register_forward_hook(self._keeper(path)) for path in paths]
+
+    def _keeper(self, path: str):
+        def keep(module, args, output):
+            if self._active:
+                self.features[path] = _tensor(output)
+        return keep
+
+    @contextmanager
+    def capture(self, enabled: bool = True):
+        """Keep the hooked outputs of the forward passes run inside; yields the dict they go to."""
+        self.features = {}
+        self._active = enabled
+        try:
+            yield self.features
+        finally:
+            self._active = False
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
+def stage_map(weight_map: dict[str, str]) -> dict[str, str]:
+    """Student stage -> teacher stage ("up_blocks.0" -> "up_blocks.1"), read off a plan's weight map."""
+    stages: dict[str, set[str]] = {}
+    for student_path, teacher_path in weight_map.items():
+        student, teacher = student_path.split("."), teacher_path.split(".")
+        if student[0] in STAGES and len(student) > 2:
+            stages.setdefault(".".join(student[:2]), set()).add(".".join(teacher[:2]))
+    mixed = {stage: sorted(sources) for stage, sources in stages.items() if len(sources) != 1}
+    if mixed:
+        stage, sources = next(iter(mixed.items()))
+        raise PrunekitError(f"the plan's weight map fills student stage {stage} from several teacher stages "
+                            f"({', '.join(sources)}): make the plan again with `prunekit plan`.")
+    return {stage: sources.pop() for stage, sources in sorted(stages.items())}
+
+
+def candidate_points(model: nn.Module, stage: str) -> list[str]:
+    """`stage` and the paths of its parts (resnets.i, attentions.i, samplers): where features may be taken."""
+    block = model.get_submodule(stage)
+    parts = [f"{stage}.{group}.{i}" for group in _PARTS for i in range(len(getattr(block, group, None) or []))]
+    return parts + [stage]
+
+
+def point_shapes(model: nn.Module, points: list[str], sample_size: int) -> list[tuple[str, tuple]]:
+    """(path, output shape) of `points` in the order a forward pass reaches them, measured on the meta device.
+
+    `model` may be a real model: a meta copy of its config runs the probe, so no memory or time is spent.
+    """
+    from prunekit.models import build_unet_meta
+
+    meta = build_unet_meta(dict(model.config))
+    config = meta.config
+    taps = FeatureTaps(meta, points)
+    with torch.device("meta"), taps.capture() as features:
+        sample = torch.zeros(1, config.in_channels, sample_size, sample_size)
+        context = torch.zeros(1, 1, config.cross_attention_dim)
+        meta(sample, torch.ones(1, dtype=torch.long), context)
+    taps.remove()
+    return [(path, tuple(tensor.shape)) for path, tensor in features.items()]
+
+
+def match_points(student: list[tuple[str, tuple]], teacher: list[tuple[str, tuple]]) -> tuple[str, str] | None:
+    """The (student path, teacher path) pair of one matched stage, from each side's (path, shape) in forward order.
+
+    The latest teacher point whose shape the student also produces, with the student's latest point of that
+    shape; None when no shapes agree.
+    """
+    for teacher_path, shape in reversed(teacher):
+        same = [path for path, student_shape in student if student_shape == shape]
+        if same:
+            return same[-1], teacher_path
+    return None
+
+
+def feature_pairs(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str],
+                  sample_size: int | None = None) -> list[tuple[str, str]]:
+    """(student path, teacher path) of every feature to match, one per student stage that has a teacher stage."""
+    sample_size = sample_size or teacher.config.sample_size
+    stages = stage_map(weight_map)
+    student_points = {stage: candidate_points(student, stage) for stage in stages}
+    teacher_points = {stage: candidate_points(teacher, stage) for stage in stages.values()}
+    student_shapes = dict(_grouped(point_shapes(student, sum(student_points.values(), []), sample_size)))
+    teacher_shapes = dict(_grouped(point_shapes(teacher, sum(teacher_points.values(), []), sample_size)))
+    pairs = []
+    for student_stage, teacher_stage in stages.items():
+        pair = match_points(student_shapes[student_stage], teacher_shapes[teacher_stage])
+        if pair is not None:
+            pairs.append(pair)
+    return pairs
+
+
+def _grouped(shapes: list[tuple[str, tuple]]):
+    """(stage, [(path, shape), ...]) for each stage among `shapes`, keeping forward order within a stage."""
+    groups: dict[str, list] = {}
+    for path, shape in shapes:
+        groups.setdefault(".".join(path.split(".")[:2]), []).append((path, shape))
+    return groups.items()

@@ -1,0 +1,421 @@
+"""Distillation on a tiny random SD-1-topology pipeline: losses, feature matching, data, training, resume, launch."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file
+
+import stand_ins
+from prunekit.cli import main
+from prunekit.data import shapes
+from prunekit.distill import distill
+from prunekit.distill.cache import Encoder, build_cache, cache_key
+from prunekit.distill.data import Captioned, EpochSampler, FolderSource, flips, open_source
+from prunekit.distill.features import FeatureTaps, feature_pairs, match_points
+from prunekit.distill.losses import Weights, distill_losses, feature_loss, task_target
+from prunekit.errors import PrunekitError
+from prunekit.plan import Plan, make_preset
+from prunekit.surgery import build_student
+
+FAST = {"steps": 2, "batch_size": 2, "num_examples": 8, "eval_num_prompts": 0, "progress": False}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def sd1_pipeline() -> StableDiffusionPipeline:
+    """The stand-in pipeline with a U-Net of SD-v1's topology (4 stages, 2 layers, mid block), 16x16 latents."""
+    pipe = stand_ins.pipeline()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(16, 16, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=8)
+    return StableDiffusionPipeline(**{**pipe.components, "unet": unet}, requires_safety_checker=False)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return sd1_pipeline()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory, teacher):
+    directory = tmp_path_factory.mktemp("teacher")
+    teacher.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def plans(tmp_path_factory, teacher):
+    directory = tmp_path_factory.mktemp("plans")
+    config = dict(teacher.unet.config)
+    return {name: str(make_preset(name, "stand-in", config).save(directory / f"{name}.json"))
+            for name in ("bk-small", "bk-tiny")}
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return stand_ins.save_clip(tmp_path_factory.mktemp("clip"))
+
+
+def image_folder(directory, count=4, broken=0, metadata="jsonl", size=(80, 64)):
+    """`count` shapes images (not square) with captions, and `broken` unreadable files listed too."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        image, attributes = shapes.sample("train", i, 0)
+        image.resize(size).save(directory / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": attributes.caption()})
+    for i in range(broken):
+        (directory / f"broken{i}.png").write_bytes(b"not a png")
+        rows.append({"file_name": f"broken{i}.png", "text": "a broken image"})
+    if metadata == "jsonl":
+        (directory / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:
+        lines = [f"{row['file_name']},{row['text']}\n" for row in rows]
+        (directory / "metadata.csv").write_text("file_name,text\n" + "".join(lines))
+    return directory
+
+
+# -- losses -----------------------------------------------------------------------------------------
+
+def test_task_targets_by_prediction_type():
+    latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    epsilon = DDPMScheduler(prediction_type="epsilon")
+    assert torch.equal(task_target(epsilon, latents, noise, t), noise)
+    velocity = DDPMScheduler(prediction_type="v_prediction")
+    alpha = velocity.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = alpha.sqrt() * noise - (1 - alpha).sqrt() * latents
+    assert torch.allclose(task_target(velocity, latents, noise, t), expected, atol=1e-6)
+    assert torch.equal(task_target(DDPMScheduler(prediction_type="sample"), latents, noise, t), latents)
+
+
+def test_losses_on_hand_made_tensors():
+    prediction, target, teacher = torch.ones(2, 4), torch.zeros(2, 4), torch.full((2, 4), 3.0)
+    student_features = {"s0": torch.full((1, 2), 2.0), "s1": torch.zeros(1, 2)}
+    teacher_features = {"t0": torch.ones(1, 2), "t1": torch.full((1, 2), 2.0)}
+    pairs = [("s0", "t0"), ("s1", "t1")]
+    losses = distill_losses(prediction, target, Weights(1.0, 0.5, 2.0), teacher, student_features, teacher_features,
+                            pairs)
+    assert (losses.task.item(), losses.out.item(), losses.feat.item()) == (1.0, 4.0, 5.0)  # feat: 1 + 4
+    assert losses.total.item() == 1.0 + 0.5 * 4.0 + 2.0 * 5.0
+    # LAPTOP-Diff normalisation: each term over the teacher feature's mean square (1 and 4): 1/1 + 4/4
+    assert feature_loss(student_features, teacher_features, pairs, "teacher").item() == 2.0
+    task_only = distill_losses(prediction, target, Weights(1.0, 0.0, 0.0))
+    assert task_only.total.item() == 1.0 and task_only.out.item() == 0.0 and task_only.feat.item() == 0.0
+    half = distill_losses(prediction.half(), target.half(), Weights(1.0, 0.0, 0.0))
+    assert half.total.dtype == torch.float32
+
+
+# -- feature matching -------------------------------------------------------------------------------
+
+def test_bk_small_matches_every_stage_to_itself(teacher, plans):
+    plan = Plan.load(plans["bk-small"])
+    student, _ = build_student(teacher.unet, plan)
+    stages = [f"{side}_blocks.{i}" for side in ("down", "up") for i in range(4)]
+    assert feature_pairs(student, teacher.unet, plan.weight_map) == [(s, s) for s in stages]
+
+
+def test_bk_tiny_takes_an_earlier_point_of_equal_shape(teacher, plans):
+    plan = Plan.load(plans["bk-tiny"])
+    student, _ = build_student(teacher.unet, plan)
+    pairs = feature_pairs(student, teacher.unet, plan.weight_map)
+    # as BK-SDM: the student's last down stage lost its downsampler, so it meets the teacher's last attention
+    # before the downsampler; up stages shift by one stage
+    assert pairs == [("down_blocks.0", "down_blocks.0"), ("down_blocks.1", "down_blocks.1"),
+                     ("down_blocks.2", "down_blocks.2.attentions.1"), ("up_blocks.0", "up_blocks.1"),
+                     ("up_blocks.1", "up_blocks.2"), ("up_blocks.2", "up_blocks.3")]
+    student_taps = FeatureTaps(student, [s for s, _ in pairs])
+    teacher_taps = FeatureTaps(teacher.unet, [t for _, t in pairs])
+    inputs = (torch.randn(1, 4, 16, 16), torch.tensor([5]), torch.randn(1, 3, 16))
+    with torch.no_grad(), student_taps.capture() as got, teacher_taps.capture() as wanted:
+        student(*inputs), teacher.unet(*inputs)
+    assert all(got[s].shape == wanted[t].shape for s, t in pairs)
+
+
+def test_match_rule_walks_back_to_the_latest_equal_shape():
+    teacher = [("a.r0", (8, 4)), ("a.at0", (8, 4)), ("a.r1", (8, 4)), ("a.at1", (8, 4)), ("a.down", (8, 2)),
+               ("a", (8, 2))]
+    student = [("b.r0", (8, 4)), ("b.at0", (8, 4)), ("b", (8, 4))]
+    assert match_points(student, teacher) == ("b", "a.at1")
+    assert match_points(student, teacher[-1:]) is None
+    assert match_points([("b", (8, 2))], teacher) == ("b", "a")
+
+
+def test_hooks_are_keyed_by_module_path_under_a_wrapper(teacher):
+    class Wrapper(torch.nn.Module):  # what DDP does: the model becomes `.module` of another
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *args):
+            return self.module(*args)
+
+    taps = FeatureTaps(teacher.unet, ["down_blocks.1", "up_blocks.2.attentions.0"])
+    wrapped = Wrapper(teacher.unet)
+    inputs = (torch.randn(1, 4, 16, 16), torch.tensor([5]), torch.randn(1, 3, 16))
+    with torch.no_grad(), taps.capture() as features:
+        wrapped(*inputs)
+    assert set(features) == {"down_blocks.1", "up_blocks.2.attentions.0"}
+    with torch.no_grad():
+        wrapped(*inputs)  # outside capture() nothing is kept
+    assert taps.features is features and len(features) == 2
+    taps.remove()
+    with pytest.raises(PrunekitError, match="no module"):
+        FeatureTaps(teacher.unet, ["down_blocks.9"])
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+def test_image_folder_crops_and_flips_deterministically(tmp_path):
+    folder = image_folder(tmp_path / "data", count=3)
+    dataset = Captioned(FolderSource(folder), resolution=32, flip=True, seed=0)
+    example = dataset[0]
+    assert example["pixel_values"].shape == (3, 32, 32) and example["text"].startswith("a ")
+    assert -1 <= example["pixel_values"].min() and example["pixel_values"].max() <= 1
+    decisions = [flips(0, epoch, 0) for epoch in range(16)]
+    assert True in decisions and False in decisions  # a fresh draw per epoch
+    epoch = decisions.index(not decisions[0])
+    dataset.set_epoch(epoch)
+    assert torch.equal(dataset[0]["pixel_values"], example["pixel_values"].flip(-1))
+    assert len(Captioned(FolderSource(image_folder(tmp_path / "csv", 2, metadata="csv")), 32, True, 0)) == 2
+
+
+def test_shapes_are_never_flipped(tmp_path, teacher_dir, plans, monkeypatch):
+    made = []
+    monkeypatch.setattr("prunekit.distill.api.Captioned", lambda *a, **k: made.append(k) or Captioned(*a, **k))
+    distill(plans["bk-small"], "shapes", tmp_path / "out", teacher=str(teacher_dir), **{**FAST, "steps": 1})
+    assert made == [{"flip": False, "seed": 0}]
+
+
+def test_unreadable_images_are_skipped_and_counted(tmp_path):
+    source = FolderSource(image_folder(tmp_path / "data", count=2, broken=1))
+    assert len(source) == 2 and source.skipped == ["broken0.png"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "holds no images"),
+    ("no metadata", "no metadata.jsonl or metadata.csv"),
+    ("uncaptioned file", "have no caption"),
+    ("empty caption", "have no caption"),
+    ("all unreadable", "could be read"),
+    ("missing column", "lacks the column"),
+])
+def test_bad_folders_fail_with_one_sentence(tmp_path, case, message):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if case == "no metadata":
+        shapes.sample("train", 0, 0)[0].save(folder / "a.png")
+    elif case == "uncaptioned file":
+        image_folder(folder, count=2)
+        shapes.sample("train", 5, 0)[0].save(folder / "extra.png")
+    elif case == "empty caption":
+        image_folder(folder, count=1)
+        (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "text": " "}) + "\n")
+    elif case == "all unreadable":
+        image_folder(folder, count=0, broken=2)
+    elif case == "missing column":
+        image_folder(folder, count=1)
+        (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "0.png", "caption": "x"}) + "\n")
+    with pytest.raises(PrunekitError, match=message) as error:
+        open_source(str(folder))
+    assert str(error.value).count(". ") == 0 and str(error.value).endswith(".")
+
+
+def test_data_names(tmp_path, monkeypatch):
+    with pytest.raises(PrunekitError, match="there is no folder"):
+        open_source(str(tmp_path / "missing" / "data"))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(PrunekitError, match="is a file"):
+        open_source(str(tmp_path / "file.txt"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(PrunekitError, match="Hugging Face Hub cannot be reached"):
+        open_source("someone/captioned-images")
+    assert time.perf_counter() - started < 5
+    assert len(open_source("shapes", 7)) == 7
+
+
+def test_epoch_sampler_resumes_part_way():
+    sampler = EpochSampler(10, seed=3)
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    assert sorted(whole) == list(range(10))
+    sampler.skip(4)
+    assert list(sampler) == whole[4:] and list(sampler) == whole  # the skip applies once
+    sampler.set_epoch(3)
+    assert list(sampler) != whole
+
+
+def test_latent_cache_is_built_once(tmp_path, teacher):
+    dataset = Captioned(FolderSource(image_folder(tmp_path / "data", count=3)), 64, True, 0)
+    encoder = Encoder(teacher, torch.device("cpu"), torch.float32)
+    key = cache_key(dataset, "stand-in", torch.float32)
+    directory = build_cache(tmp_path / "cache", dataset, encoder, key, batch_size=2, progress=False)
+    moments = np.load(directory / "moments.npy")
+    assert moments.shape == (3, 2, 8, 16, 16)  # examples, (as is, mirrored), mean + log-variance, latent size
+    assert np.load(directory / "text.npy").shape == (3, stand_ins.MAX_LENGTH, 16)
+    expected = encoder.moments(dataset.pixels(dataset.source.item(1)[0], True)[None])[0]
+    assert torch.allclose(torch.from_numpy(moments[1, 1]), expected, atol=1e-5)
+    stamp = (directory / "moments.npy").stat().st_mtime_ns
+    build_cache(directory, dataset, encoder, key, progress=False)
+    assert (directory / "moments.npy").stat().st_mtime_ns == stamp
+    build_cache(directory, dataset, encoder, {**key, "resolution": 32}, progress=False)
+    assert (directory / "moments.npy").stat().st_mtime_ns != stamp
+
+
+# -- training ---------------------------------------------------------------------------------------
+
+def test_distill_writes_a_plain_diffusers_student(tmp_path, teacher_dir, plans, clip_dir):
+    out = tmp_path / "out"
+    summary = distill(plans["bk-tiny"], "shapes", out, teacher=str(teacher_dir), ema=True, feat_norm="teacher",
+                      checkpoint_every=2, eval_steps=2, eval_clip_model=str(clip_dir),
+                      **{**FAST, "steps": 3, "eval_num_prompts": 2})
+    assert summary["steps"] == 3 and len(summary["pairs"]) == 6
+    rows = (out / "logs.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,loss_task,loss_out,loss_feat,lr,seconds" and len(rows) == 4
+    values = [[float(v) for v in row.split(",")] for row in rows[1:]]
+    assert all(np.isfinite(row).all() and row[3] > 0 and row[4] > 0 for row in values)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002", "step-00000003"]
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+    student = StableDiffusionPipeline.from_pretrained(out / "student", local_files_only=True)
+    plan = Plan.load(plans["bk-tiny"])
+    assert list(student.unet.config.block_out_channels) == list(plan.student_config["block_out_channels"])
+    teacher = StableDiffusionPipeline.from_pretrained(teacher_dir, local_files_only=True)
+    surgery, _ = build_student(teacher.unet, plan)
+    assert not torch.equal(student.unet.conv_in.weight, surgery.conv_in.weight)  # trained
+    assert torch.equal(student.vae.encoder.conv_in.weight, teacher.vae.encoder.conv_in.weight)
+    assert UNet2DConditionModel.from_pretrained(out / "student_ema").config.block_out_channels == \
+        student.unet.config.block_out_channels
+
+    evaluation = json.loads((out / "eval.json").read_text())
+    assert list(evaluation) == ["teacher", "student_before", "student_after", "student_after_ema", "settings"]
+    assert {"attribute_accuracy", "clip_score"} <= set(evaluation["student_after"])
+    assert evaluation["settings"]["num_prompts"] == 2
+
+
+def test_folder_data_from_the_latent_cache(tmp_path, teacher_dir, plans):
+    folder = image_folder(tmp_path / "data", count=4, broken=1)
+    summary = distill(plans["bk-small"], str(folder), tmp_path / "out", teacher=str(teacher_dir), cache_latents=True,
+                      **{**FAST, "num_examples": None})
+    assert summary["skipped_images"] == 1 and summary["steps"] == 2
+    assert json.loads((tmp_path / "out" / "cache" / "cache.json").read_text())["examples"] == 4
+
+
+def test_plain_fine_tuning_does_not_run_the_teacher(tmp_path, teacher_dir, plans, monkeypatch):
+    calls = []
+    original = UNet2DConditionModel.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward",
+                        lambda self, *args, **kwargs: calls.append(self) or original(self, *args, **kwargs))
+    distill(plans["bk-small"], "shapes", tmp_path / "out", teacher=str(teacher_dir), lambda_out=0, lambda_feat=0,
+            **{**FAST, "steps": 1})
+    assert len({id(model) for model in calls if model.device.type != "meta"}) == 1  # the student only
+    rows = (tmp_path / "out" / "logs.csv").read_text().splitlines()
+    assert rows[1].split(",")[3:5] == ["0.0", "0.0"]
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, teacher_dir, plans):
+    out = tmp_path / "out"
+    with pytest.raises(PrunekitError, match=r"the loss became (nan|inf) at step \d+ .*step-0000000\d, is kept"):
+        distill(plans["bk-small"], "shapes", out, teacher=str(teacher_dir), lr=1e30, checkpoint_every=1,
+                **{**FAST, "steps": 6})
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept and all(not name.startswith(".") for name in kept)
+    assert not (out / "student").exists()
+
+
+def test_resume_refusals(tmp_path, teacher_dir, plans):
+    out = tmp_path / "out"
+    with pytest.raises(PrunekitError, match="nothing to resume"):
+        distill(plans["bk-small"], "shapes", out, teacher=str(teacher_dir), resume=True, **FAST)
+    distill(plans["bk-small"], "shapes", out, teacher=str(teacher_dir), **FAST)
+    with pytest.raises(PrunekitError, match="already holds checkpoints"):
+        distill(plans["bk-small"], "shapes", out, teacher=str(teacher_dir), **FAST)
+    with pytest.raises(PrunekitError, match=r"other settings \(lr 5e-05 -> 0.001\)"):
+        distill(plans["bk-small"], "shapes", out, teacher=str(teacher_dir), resume=True, lr=1e-3, **FAST)
+    more = distill(plans["bk-small"], "shapes", out, teacher=str(teacher_dir), resume=True, **{**FAST, "steps": 3})
+    assert more["steps"] == 3 and len((out / "logs.csv").read_text().splitlines()) == 4
+
+
+def test_a_plan_for_another_teacher_is_refused(tmp_path, teacher_dir):
+    other = dict(sd1_pipeline().unet.config, block_out_channels=(16, 32, 32, 32))
+    plan = make_preset("bk-small", "other", other).save(tmp_path / "plan.json")
+    with pytest.raises(PrunekitError, match="made for another U-Net"):
+        distill(plan, "shapes", tmp_path / "out", teacher=str(teacher_dir), **FAST)
+
+
+def test_cli_errors_exit_2(tmp_path, teacher_dir, plans, capsys):
+    code = main(["distill", plans["bk-small"], "--teacher", str(teacher_dir), "--out", str(tmp_path), "--resume"])
+    assert code == 2 and "nothing to resume" in capsys.readouterr().err
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+def cli(*args):
+    return [sys.executable, "-m", "prunekit", "distill", *map(str, args)]
+
+
+def run_args(plan, teacher_dir, steps=12):
+    return [plan, "--teacher", teacher_dir, "--steps", steps, "--batch-size", 2, "--grad-accum", 2,
+            "--num-examples", 12, "--checkpoint-every", 2, "--eval-num-prompts", 0, "--ema"]
+
+
+def tensors(directory):
+    return load_file(next(directory.glob("*.safetensors")))
+
+
+@pytest.mark.slow
+def test_kill_then_resume_equals_an_uninterrupted_run(tmp_path, teacher_dir, plans):
+    args = run_args(plans["bk-tiny"], teacher_dir)
+    subprocess.run(cli(*args, "--out", tmp_path / "full"), env=ENV, check=True, capture_output=True, timeout=600)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(cli(*args, "--out", killed), env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list((killed / "checkpoints").glob("step-*/trainer_state.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert not (killed / "student").exists(), "the run finished before it could be killed"
+    subprocess.run(cli(*args, "--out", killed, "--resume"), env=ENV, check=True, capture_output=True, timeout=600)
+
+    for part in ("student/unet", "student_ema"):
+        full, resumed = tensors(tmp_path / "full" / part), tensors(killed / part)
+        assert full.keys() == resumed.keys()
+        assert all(torch.equal(full[key], resumed[key]) for key in full), part
+    steps = [line.split(",")[0] for line in (killed / "logs.csv").read_text().splitlines()[1:]]
+    assert steps == [str(step) for step in range(1, 13)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch, processes", [
+    (["--num_processes", "2", "--cpu"], 1),  # accelerate 1.x runs one process here unless MPI is set up
+    (["--multi_gpu", "--num_processes", "2"], 2),  # two gloo processes with ACCELERATE_USE_CPU=1: real DDP
+], ids=["cpu-flag", "ddp"])
+def test_accelerate_launch(tmp_path, teacher_dir, plans, launch, processes):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch, "--main_process_port", str(free_port()),
+               "-m", "prunekit", "distill", *map(str, run_args(plans["bk-tiny"], teacher_dir, steps=2)), "--out", out]
+    result = subprocess.run(list(map(str, command)), env={**ENV, "ACCELERATE_USE_CPU": "1"}, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    assert state["settings"]["num_processes"] == processes
+    assert len(list((out / "checkpoints" / "step-00000002").glob("noise-*.safetensors"))) == processes
+    rows = [line.split(",") for line in (out / "logs.csv").read_text().splitlines()[1:]]
+    assert len(rows) == 2 and all(float(row[4]) > 0 for row in rows)  # feature KD ran through the hooks
+    assert StableDiffusionPipeline.from_pretrained(out / "student", local_files_only=True).unet is not None
