@@ -1,0 +1,339 @@
+"""The planner: plan spaces (checked against surgery), costs that add up, greedy and Optuna (BK-SDM's plans
+reproduced on SD-v1.4 when the sensitivities point there), the objectives and their caches, latency budgets,
+the free space, Optuna's determinism, resume and Pareto front, the refusals, and the CLI."""
+import csv
+import itertools
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from prunekit.ablation import ablate
+from prunekit.cli import main
+from prunekit.costs import unet_costs
+from prunekit.errors import PrunekitError
+from prunekit.graph import all_units
+from prunekit.models import build_unet_meta, canonical_config, fingerprint, unet_config
+from prunekit.plan import Plan, preset_remove
+from prunekit.planner import latency, plan, summary
+from prunekit.planner.objective import Additive, SensitivityRun
+from prunekit.planner.search import best_trial, search
+from prunekit.planner.space import DiffusersSpace, Layout, StageChoice
+from prunekit.surgery import student_config
+
+TINY = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": [32, 64, 64, 64], "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4,
+    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+    "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+}
+BUDGETS = {"bk-base": 0.675, "bk-small": 0.562, "bk-tiny": 0.377}  # BK-SDM keeps 0.6741, 0.5612, 0.3762 of SD-v1.4
+
+
+def write_run(path, config: dict, values: dict, name: str = "model"):
+    """A sensitivity run directory as the sensitivity sweep writes it (run.json, sensitivity.csv)."""
+    path.mkdir(parents=True, exist_ok=True)
+    info = {"command": "sensitivity", "model": {"name": name, "unet_fingerprint": fingerprint(config)}}
+    (path / "run.json").write_text(json.dumps(info))
+    with (path / "sensitivity.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["unit", "kind", "stage", "params", "macs", "full_macs", "seconds", "sensitivity"])
+        for unit, value in values.items():
+            writer.writerow([unit, "", "", 0, 0, 0, 0, value])
+    return path
+
+
+def pointing_at(preset: str, config: dict, seed: int = 0) -> dict:
+    """Sensitivities of every unit: tiny for the units `preset` removes, large for all others."""
+    removed = set(preset_remove(preset, config))
+    rng = random.Random(seed)
+    return {name: (1e-4 if name in removed else 1.0) * (1 + rng.random()) for name in all_units(config, costs=False)}
+
+
+def random_table(config: dict, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    return {name: rng.random() for name in all_units(config, costs=False)}
+
+
+def states(space: DiffusersSpace):
+    """Every state of a diffusers space."""
+    full = space.full()
+    for m, mid in space.cores:
+        for combo in itertools.product(*space.options[:space.n - m]):
+            yield Layout(m, mid, tuple(combo) + full.stages[space.n - m:])
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return unet_config("sd-v1-4")
+
+
+@pytest.fixture(scope="module")
+def sd_space(sd):
+    return DiffusersSpace(sd)
+
+
+@pytest.fixture(scope="module")
+def tiny_space():
+    return DiffusersSpace(TINY)
+
+
+def expressible(config: dict, remove: list[str]) -> bool:
+    try:
+        student_config(config, remove)
+    except PrunekitError:
+        return False
+    return True
+
+
+def test_the_space_holds_exactly_what_surgery_can_express(tiny_space):
+    full = tiny_space.full()
+    for d in range(tiny_space.n):
+        downs, ups = (sum(1 for name in tiny_space.units if name.startswith(f"{side}{s}.res"))
+                      for side, s in (("down", d), ("up", tiny_space.n - 1 - d)))
+        for k in range(1, downs + 1):
+            for down, up in itertools.product(itertools.combinations(range(downs), k),
+                                              itertools.combinations(range(ups), k + 1)):
+                choice = StageChoice(down, up)
+                stages = full.stages[:d] + (choice,) + full.stages[d + 1:]
+                remove = tiny_space.remove(Layout(0, "keep", stages))
+                assert (choice in tiny_space.options[d]) == expressible(TINY, remove), remove
+    for m, mid in itertools.product(range(tiny_space.n), ("keep", "resnets", "drop")):
+        remove = tiny_space.remove(Layout(m, mid, full.stages))
+        assert ((m, mid) in tiny_space.cores) == expressible(TINY, remove), remove
+    assert tiny_space.size() == sum(1 for _ in states(tiny_space))
+
+
+def test_costs_add_up_exactly(tiny_space):
+    teacher = unet_costs(TINY, full=False)
+    rng = random.Random(0)
+    everything = list(states(tiny_space))
+    picked = rng.sample(everything, 4) + [s for s in everything if s.dropped and s.mid == "keep"][:2]
+    for state in picked:
+        student = unet_costs(student_config(TINY, tiny_space.remove(state))[0], full=False)
+        assert tiny_space.fraction(state, "params") == pytest.approx(student.params / teacher.params, abs=1e-12)
+        assert tiny_space.fraction(state, "macs") == pytest.approx(student.macs / teacher.macs, abs=1e-12)
+
+
+def test_presets_are_states_of_the_sd_space(sd, sd_space):
+    plans = {tuple(sd_space.remove(state)) for state in states(sd_space)}
+    for preset in BUDGETS:
+        assert tuple(preset_remove(preset, sd)) in plans
+    smallest = sd_space.smallest("params")
+    assert sd_space.fraction(smallest, "params") == pytest.approx(0.3762, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sd_runs(sd, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {preset: write_run(root / preset, sd, pointing_at(preset, sd), "sd-v1-4") for preset in BUDGETS}
+
+
+@pytest.mark.parametrize("method", ["greedy", "optuna"])
+@pytest.mark.parametrize("preset", list(BUDGETS))
+def test_bk_sdm_plans_are_found_when_the_sensitivities_point_there(sd, sd_runs, preset, method, tmp_path):
+    made = plan("sd-v1-4", BUDGETS[preset], sensitivity=sd_runs[preset], method=method, seed=0,
+                out=tmp_path / "plan.json", progress=False)
+    assert made.remove == preset_remove(preset, sd)
+    assert made.method == method and made.space == "standard"
+    assert made.budget == {"metric": "params", "fraction": BUDGETS[preset]}
+    assert made.predicted["params_fraction"] <= BUDGETS[preset]
+    assert made.predicted["loss"] == pytest.approx(made.provenance["planner"]["presets"][preset]["loss"])
+    assert Plan.load(tmp_path / "plan.json", sd).remove == made.remove
+
+
+@pytest.mark.parametrize("preset", list(BUDGETS))
+def test_tpe_alone_finds_them_too(sd, sd_space, preset):
+    """The API enumerates a space no larger than --trials; TPE (seed 0, 200 trials) finds the plans as well."""
+    objective = Additive(SensitivityRun(Path("synthetic"), pointing_at(preset, sd)), sd_space.units)
+    study = search(sd_space.undominated("params", objective.unit), lambda s: sd_space.fraction(s, "params"),
+                   lambda s: objective(sd_space.remove(s)), BUDGETS[preset], trials=200, seed=0, exhaustive=False)
+    assert type(study.sampler).__name__ == "TPESampler"
+    assert best_trial(study, BUDGETS[preset]).user_attrs["plan"]["remove"] == preset_remove(preset, sd)
+
+
+def test_pruning_dominated_choices_keeps_the_best_plan(tiny_space):
+    objective = Additive(SensitivityRun(Path("synthetic"), random_table(TINY)), tiny_space.units)
+    pruned = tiny_space.undominated("params", objective.unit)
+    assert pruned.size() < tiny_space.size()
+    for budget in (0.4, 0.6, 0.8):
+        best = [min(objective(space.remove(s)) for s in states(space) if space.fraction(s, "params") <= budget)
+                for space in (tiny_space, pruned)]
+        assert best[0] == pytest.approx(best[1])
+
+
+def test_greedy_respects_the_budget_and_gives_back_what_fits(tmp_path):
+    run = write_run(tmp_path / "run", TINY, random_table(TINY, seed=3))
+    for budget in (0.9, 0.7, 0.5):
+        made = plan(str(write_config(tmp_path)), budget, sensitivity=run, out=tmp_path / "p.json", progress=False)
+        assert made.predicted["params_fraction"] <= budget
+
+
+def write_config(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(TINY))
+    return folder
+
+
+def test_optuna_is_deterministic_and_resumes_an_interrupted_study(tiny_space, tmp_path):
+    objective = Additive(SensitivityRun(Path("synthetic"), random_table(TINY)), tiny_space.units)
+
+    def run(trials, storage=None):
+        return search(tiny_space, lambda s: tiny_space.fraction(s, "params"), lambda s: objective(tiny_space.remove(s)),
+                      0.6, trials=trials, storage=storage, study_name="resume", seed=7, exhaustive=False)
+
+    def sampled(study):
+        return [t.params for t in study.trials]
+
+    assert sampled(run(20)) == sampled(run(20))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = sampled(run(12, storage))
+    resumed = run(20, storage)
+    assert len(resumed.trials) == 20 and sampled(resumed)[:12] == first
+    assert len(run(20, storage).trials) == 20  # a finished study runs nothing more
+
+
+def test_pareto_front_is_written_beside_the_plan(sd, sd_runs):
+    made = plan("sd-v1-4", 0.562, sensitivity=sd_runs["bk-small"], method="optuna", pareto=True, progress=False)
+    assert made.remove == preset_remove("bk-small", sd)
+    assert (sd_runs["bk-small"] / "optuna.db").is_file() and (sd_runs["bk-small"] / "plan.json").is_file()
+    with (sd_runs["bk-small"] / "pareto.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["params_fraction", "macs_fraction", "loss", "remove", "is_preset"]
+    presets = [row["remove"].split() for row in rows if row["is_preset"] == "True"]
+    assert presets == [preset_remove(p, sd) for p in BUDGETS]
+    front = [(float(r["params_fraction"]), float(r["loss"])) for r in rows if r["is_preset"] == "False"]
+    assert front == sorted(front) and all(a[1] > b[1] for a, b in zip(front, front[1:]))
+
+
+def test_measured_objective_measures_each_candidate_once(tmp_path):
+    table = random_table(TINY, seed=1)
+    calls = []
+
+    def measure(remove):
+        calls.append(tuple(remove))
+        return sum(table[name] for name in remove)
+
+    run = write_run(tmp_path / "run", TINY, table)
+    model = str(write_config(tmp_path))
+    additive = plan(model, 0.6, sensitivity=run, out=tmp_path / "a.json", progress=False)
+    measured = plan(model, 0.6, sensitivity=run, objective="measured", measure=measure, out=tmp_path / "m.json",
+                    progress=False)
+    assert measured.remove == additive.remove
+    assert measured.predicted["loss"] == pytest.approx(additive.predicted["loss"])
+    assert len(calls) == len(set(calls)) > 0
+    done = len(calls)
+    plan(model, 0.6, sensitivity=run, objective="measured", measure=measure, out=tmp_path / "m.json", progress=False)
+    assert len(calls) == done  # every candidate came from the run directory's cache
+
+
+@pytest.fixture
+def one_thread():
+    """Time on one thread: with other jobs on the machine, more threads make eager CPU timing erratic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_latency_budget_times_each_candidate_once(tmp_path, monkeypatch):
+    """With a stand-in clock proportional to the parameters that run (on meta students), a latency budget plans
+    as a parameter budget does."""
+    timed = []
+
+    def clock(self, unet, config):
+        timed.append(1)
+        return sum(p.numel() for p in unet.parameters()) * 1e-9
+
+    monkeypatch.setattr(latency.LatencyMeter, "_time", clock)
+    monkeypatch.setattr(latency.LatencyMeter, "_build", lambda self, config: build_unet_meta(config))
+    run = write_run(tmp_path / "run", TINY, random_table(TINY, seed=2))
+    model = str(write_config(tmp_path))
+    by_params = plan(model, 0.9, sensitivity=run, out=tmp_path / "p.json", progress=False)
+    for space in ("diffusers", "free"):
+        by_latency = plan(model, 0.9, metric="latency", space=space, sensitivity=run, out=tmp_path / "l.json",
+                          progress=False)
+        assert by_latency.predicted["latency_fraction"] <= 0.9
+        assert by_latency.provenance["planner"]["latency"]["timing"] == "eager"
+        if space == "diffusers":
+            assert by_latency.remove == by_params.remove
+            assert by_latency.predicted["latency_fraction"] == pytest.approx(by_params.predicted["params_fraction"])
+    done = len(timed)
+    plan(model, 0.9, metric="latency", sensitivity=run, out=tmp_path / "l.json", progress=False)
+    assert len(timed) == done
+
+
+def test_latency_is_timed_for_real_students_and_stand_ins(one_thread):
+    meter = latency.LatencyMeter(TINY, "cpu")
+    assert meter.seconds([]) > 0
+    assert meter.seconds(preset_remove("bk-tiny", TINY)) > 0
+    assert meter.seconds(["down1.attn0", "up2.res1"], standard=False) > 0
+    assert meter.describe()["timing"] == "eager" and meter.describe()["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("granularity", ["block", "pair"])
+def test_free_plans_keep_the_teacher_and_name_stand_ins(tmp_path, granularity):
+    from prunekit.graph import enumerate_units
+
+    names = {u.name for u in enumerate_units(TINY, granularity, costs=False)}
+    table = {name: value for name, value in random_table(TINY, seed=4).items() if name in names}
+    run = write_run(tmp_path / "run", TINY, table)
+    made = plan(str(write_config(tmp_path)), 0.5, space="free", sensitivity=run, out=tmp_path / "free.json",
+                progress=False)
+    assert made.space == "free" and set(made.remove) <= names
+    assert made.student_config == canonical_config(TINY)
+    assert "stand-ins" in made.provenance["planner"]["student"]
+    teacher_params = made.predicted["teacher_params"]
+    removed = sum(all_units(TINY)[name].params for name in made.remove)
+    assert made.predicted["params"] == teacher_params - removed <= 0.5 * teacher_params
+    assert Plan.load(tmp_path / "free.json", TINY).space == "free"
+    torch.manual_seed(0)
+    teacher = UNet2DConditionModel.from_config(TINY).eval()
+    with torch.no_grad(), ablate(teacher, made.remove):
+        out = teacher(torch.randn(1, 4, 16, 16), 10, torch.randn(1, 5, 32)).sample
+    assert out.shape == (1, 4, 16, 16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"budget": 0}, r"outside \(0, 1\]"),
+    ({"budget": 1.5}, r"outside \(0, 1\]"),
+    ({"budget": 0.05}, r"smallest reachable is 0\.\d{4}"),
+    ({"metric": "flops"}, "unknown --metric"),
+    ({"pareto": True}, "add --method optuna"),
+    ({"sensitivity": None}, "needs --sensitivity"),
+    ({"objective": "measured"}, "measuring function"),
+])
+def test_bad_requests_are_refused(tmp_path, kwargs, message):
+    run = write_run(tmp_path / "run", TINY, random_table(TINY))
+    args = {"model": str(write_config(tmp_path)), "budget": 0.5, "sensitivity": run, "out": tmp_path / "p.json",
+            "progress": False, **kwargs}
+    with pytest.raises(PrunekitError, match=message):
+        plan(**args)
+
+
+def test_sensitivity_runs_of_another_unet_or_without_rows_are_refused(tmp_path, sd):
+    model = str(write_config(tmp_path))
+    with pytest.raises(PrunekitError, match="sensitivity.csv is missing"):
+        plan(model, 0.5, sensitivity=tmp_path, progress=False)
+    other = write_run(tmp_path / "sd", sd, random_table(TINY), "sd-v1-4")
+    with pytest.raises(PrunekitError, match=r"another U-Net \(sd-v1-4"):
+        plan(model, 0.5, sensitivity=other, progress=False)
+    sparse = write_run(tmp_path / "sparse", TINY, {"down0.pair1": 0.1})
+    with pytest.raises(PrunekitError, match="has no row for"):
+        plan(model, 0.5, sensitivity=sparse, progress=False)
+
+
+def test_cli_plans_under_a_budget_and_prints_the_presets_beside(tmp_path, capsys):
+    run = write_run(tmp_path / "run", TINY, pointing_at("bk-small", TINY))
+    model = str(write_config(tmp_path))
+    assert main(["plan", "--model", model, "--budget", "0.6", "--sensitivity", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert "this plan" in printed and all(p in printed for p in BUDGETS) and str(run / "plan.json") in printed
+    assert Plan.load(run / "plan.json").remove == preset_remove("bk-small", TINY)
+    assert "removes 9 units" in summary(Plan.load(run / "plan.json"))
+    assert main(["plan", "--model", model, "--budget", "1.5", "--sensitivity", str(run)]) == 2
+    assert "outside (0, 1]" in capsys.readouterr().err
