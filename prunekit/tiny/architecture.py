@@ -1,0 +1,86 @@
+"""The architectures of tiny-clip and tiny-sd, and the assembly of the saved pipeline.
+
+The U-Net keeps SD-v1.4's exact block topology (three CrossAttnDownBlock2D and a DownBlock2D, a
+UNetMidBlock2DCrossAttn, an UpBlock2D and three CrossAttnUpBlock2D, two layers per block) at a small
+width, so every unit name of SD-v1.4 exists in it. The VAE has three blocks: 64x64x3 images <-> 4x16x16
+latents. The schedulers are SD-v1.4's.
+"""
+from __future__ import annotations
+
+from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from prunekit.data.shapes import IMAGE_SIZE
+
+LATENT_SIZE = IMAGE_SIZE // 4
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}
+
+
+def text_config(tokenizer: CLIPTokenizer, hidden_size: int, layers: int, heads: int) -> CLIPTextConfig:
+    """A CLIP text tower sized for `tokenizer`: its vocabulary, its special ids and its padded length."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=4 * hidden_size,
+        num_hidden_layers=layers, num_attention_heads=heads, projection_dim=hidden_size,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_clip(tokenizer: CLIPTokenizer, width: int = 128, layers: int = 3, patch_size: int = 8) -> CLIPModel:
+    """A small CLIPModel for 64x64 images (8x8 patches: 64 image tokens) and shapes captions."""
+    vision = {"hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
+              "num_attention_heads": 4, "image_size": IMAGE_SIZE, "patch_size": patch_size, "projection_dim": width}
+    config = CLIPConfig(text_config=text_config(tokenizer, width, layers, 4).to_dict(), vision_config=vision,
+                        projection_dim=width)
+    return CLIPModel(config)
+
+
+def text_encoder(tokenizer: CLIPTokenizer, hidden_size: int = 128, layers: int = 3) -> CLIPTextModel:
+    """The U-Net's text encoder, a CLIPTextModel; its hidden size is the U-Net's cross-attention dim."""
+    return CLIPTextModel(text_config(tokenizer, hidden_size, layers, 4))
+
+
+def vae(widths: tuple[int, ...] = (16, 32, 64), groups: int = 4) -> AutoencoderKL:
+    """A three-block AutoencoderKL: 64x64x3 <-> 4x16x16 (scaling_factor is set after training).
+
+    `groups` GroupNorm groups: as many groups as channels would normalise each channel on its own and
+    wash out the absolute colours a shapes image is made of.
+    """
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=widths, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * len(widths), up_block_types=("UpDecoderBlock2D",) * len(widths),
+        sample_size=IMAGE_SIZE, norm_num_groups=groups,
+    )
+
+
+def unet(cross_attention_dim: int, widths: tuple[int, int, int, int] = (32, 64, 64, 64),
+         heads: int = 2, groups: int = 8) -> UNet2DConditionModel:
+    """SD-v1.4's U-Net topology at `widths` over 4x16x16 latents (`heads` attention heads per layer,
+    `groups` GroupNorm groups: SD-v1.4 has 10 channels per group, 32 groups at width 32 would have 1)."""
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=widths,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=cross_attention_dim, attention_head_dim=heads, norm_num_groups=groups,
+    )
+
+
+def train_scheduler() -> DDPMScheduler:
+    """SD-v1.4's training noise schedule (epsilon prediction)."""
+    return DDPMScheduler(**SD_SCHEDULE, prediction_type="epsilon")
+
+
+def inference_scheduler() -> PNDMScheduler:
+    """SD-v1.4's PNDM scheduler config."""
+    return PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False,
+                         prediction_type="epsilon")
+
+
+def pipeline(vae_model: AutoencoderKL, text_model: CLIPTextModel, tokenizer: CLIPTokenizer,
+             unet_model: UNet2DConditionModel) -> StableDiffusionPipeline:
+    """A complete StableDiffusionPipeline (no safety checker) around the trained parts."""
+    return StableDiffusionPipeline(
+        vae=vae_model, text_encoder=text_model, tokenizer=tokenizer, unet=unet_model,
+        scheduler=inference_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )

@@ -1,0 +1,184 @@
+"""Retrain tiny-clip and tiny-sd from scratch: `python -m prunekit.tiny.train --out DIR [--preset smoke]`.
+
+Stages, all seeded: render shapes images once; train tiny-clip contrastively (saved to DIR/tiny-clip);
+train the VAE and set its scaling_factor from the latents' standard deviation; encode the latent pool
+once; train the U-Net and its text encoder jointly, saving the pipeline to DIR/tiny-sd every few minutes
+and at the end. DIR/train_args.json records the resolved arguments, DIR/metrics.json what was measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import diffusers
+import torch
+import transformers
+from transformers import CLIPImageProcessor, CLIPProcessor
+
+from prunekit.tiny import architecture, stages
+from prunekit.tiny.tokenizer import build_tokenizer, save_tokenizer
+
+PRESETS = {
+    "full": {
+        "images": 20_000, "heldout_images": 1_000,
+        "clip_steps": 200, "clip_batch": 128, "clip_lr": 1e-3,
+        "vae_steps": 1_000, "vae_batch": 16, "vae_lr": 2e-3, "vae_kl": 1e-6, "vae_shape_weight": 3.0,
+        "unet_steps": 1_500, "unet_batch": 64, "unet_lr": 1e-3, "unet_warmup": 100,
+        "snapshot_minutes": 5.0, "log_every": 25,
+    },
+    "smoke": {
+        "images": 128, "heldout_images": 32,
+        "clip_steps": 2, "clip_batch": 16, "clip_lr": 1e-3,
+        "vae_steps": 2, "vae_batch": 8, "vae_lr": 1e-3, "vae_kl": 1e-6, "vae_shape_weight": 3.0,
+        "unet_steps": 3, "unet_batch": 8, "unet_lr": 1e-3, "unet_warmup": 1,
+        "snapshot_minutes": 5.0, "log_every": 1,
+    },
+}
+DEFAULTS = {
+    "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
+    "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
+    "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "max_unet_minutes": None,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> dict:
+    """The command's arguments: the preset's values, overridden by any given explicitly."""
+    parser = argparse.ArgumentParser(prog="python -m prunekit.tiny.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output directory (tiny-sd/, tiny-clip/, train_args.json)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="full (default) or smoke (CI)")
+    parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
+    parser.add_argument("--device", help="cpu (default) or cuda")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], help="fp32 (default; faster on CPU) or bf16 autocast")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--images", type=int, help="train images rendered: the VAE, CLIP and latent pool data")
+    parser.add_argument("--heldout-images", type=int, help="held-out images for the CLIP and VAE checks")
+    for stage in ("clip", "vae", "unet"):
+        parser.add_argument(f"--{stage}-steps", type=int, help=f"{stage} optimizer steps")
+        parser.add_argument(f"--{stage}-batch", type=int, help=f"{stage} batch size")
+        parser.add_argument(f"--{stage}-lr", type=float, help=f"{stage} peak learning rate (AdamW)")
+    parser.add_argument("--vae-kl", type=float, help="weight of the VAE's KL term")
+    parser.add_argument("--vae-shape-weight", type=float, help="VAE loss weight of shape pixels over background")
+    parser.add_argument("--unet-warmup", type=int, help="U-Net learning-rate warmup steps")
+    parser.add_argument("--unet-widths", help="U-Net block_out_channels, comma-separated (default 32,64,64,64)")
+    parser.add_argument("--text-width", type=int, help="text encoder hidden size = cross_attention_dim (128)")
+    parser.add_argument("--text-layers", type=int, help="text encoder layers (3)")
+    parser.add_argument("--caption-dropout", type=float, help="fraction of empty captions (0.1)")
+    parser.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting gamma (5)")
+    parser.add_argument("--ema-decay", type=float, help="EMA decay of the saved U-Net weights; 0 disables (0.998)")
+    parser.add_argument("--snapshot-minutes", type=float, help="minutes between pipeline snapshots")
+    parser.add_argument("--max-unet-minutes", type=float, help="stop the U-Net early after this long (a safety)")
+    parser.add_argument("--log-every", type=int, help="steps between progress lines")
+    given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
+    return {**DEFAULTS, **PRESETS[given["preset"]], **given}
+
+
+def save_replacing(directory: Path, save) -> None:
+    """Call save(tmp) then swap tmp into `directory`, so a reader never sees a half-written model."""
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_clip(model, tokenizer, directory: Path) -> None:
+    """tiny-clip with its tokenizer and a processor whose normalisation matches shapes.to_tensor."""
+    processor = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64},
+                                   image_mean=[0.5] * 3, image_std=[0.5] * 3)
+
+    def save(path: Path) -> None:
+        model.save_pretrained(path)
+        CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(path)
+        save_tokenizer(tokenizer, path)
+
+    save_replacing(directory, save)
+
+
+def save_pipeline(vae, text_model, tokenizer, unet, directory: Path) -> None:
+    """The StableDiffusionPipeline directory (safetensors), tokenizer with vocab.json and merges.txt."""
+    def save(path: Path) -> None:
+        pipe = architecture.pipeline(vae, text_model, tokenizer, unet)
+        pipe.save_pretrained(path, safe_serialization=True)
+        save_tokenizer(tokenizer, path / "tokenizer")
+
+    save_replacing(directory, save)
+
+
+def count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    out = Path(args["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    device, bf16, seed = torch.device(args["device"]), args["precision"] == "bf16", args["seed"]
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__, "threads": torch.get_num_threads(), "argv": sys.argv}
+    (out / "train_args.json").write_text(json.dumps({"args": args, "versions": versions}, indent=2))
+    metrics, started = {}, time.perf_counter()
+
+    def log(stage: str, **values) -> None:
+        metrics[stage] = {**values, "minutes": round((time.perf_counter() - started) / 60, 2)}
+        print(f"[{stage}] {json.dumps(metrics[stage])}", flush=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    train_images = stages.Images("train", args["images"], seed)
+    heldout_images = stages.Images("heldout", args["heldout_images"], seed + 1)
+    log("images", train=len(train_images), heldout=len(heldout_images))
+
+    torch.manual_seed(seed + 2)
+    clip = architecture.tiny_clip(tokenizer)
+    stages.train_clip(clip, tokenizer, train_images, args["clip_steps"], args["clip_batch"], args["clip_lr"],
+                      seed + 3, device, bf16, args["log_every"])
+    save_clip(clip, tokenizer, out / "tiny-clip")
+    retrieval = stages.clip_retrieval(clip, tokenizer, heldout_images, device)
+    log("tiny-clip", params=count(clip), heldout_retrieval=retrieval)
+    del clip
+
+    torch.manual_seed(seed + 4)
+    vae = architecture.vae()
+    stages.train_vae(vae, train_images, args["vae_steps"], args["vae_batch"], args["vae_lr"], args["vae_kl"],
+                     args["vae_shape_weight"], seed + 5, device, bf16, args["log_every"])
+    pool = stages.encode_pool(vae, train_images, device)
+    scaling = 1.0 / pool.std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    log("vae", params=count(vae), scaling_factor=scaling, heldout=stages.vae_check(vae, heldout_images, device))
+
+    torch.manual_seed(seed + 6)
+    text_model = architecture.text_encoder(tokenizer, args["text_width"], args["text_layers"])
+    widths = tuple(int(w) for w in args["unet_widths"].split(","))
+    unet = architecture.unet(args["text_width"], widths)
+    vae.to("cpu")
+
+    def snapshot(unet_model, text, step: int) -> None:
+        save_pipeline(vae, text, tokenizer, unet_model, out / "tiny-sd")
+        print(f"[unet] snapshot of step {step} saved to {out / 'tiny-sd'}", flush=True)
+
+    unet_start = time.perf_counter()
+    unet, text_model = stages.train_unet(
+        unet, text_model, tokenizer, pool * scaling, train_images, steps=args["unet_steps"],
+        batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
+        caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
+        seed=seed + 7, device=device, bf16=bf16, log_every=args["log_every"], snapshot=snapshot,
+        snapshot_minutes=args["snapshot_minutes"], max_minutes=args["max_unet_minutes"])
+    unet_minutes = (time.perf_counter() - unet_start) / 60
+    save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / "tiny-sd")
+    log("unet", unet_params=count(unet), text_encoder_params=count(text_model), unet_minutes=round(unet_minutes, 2))
+    print(f"done: {out / 'tiny-sd'} and {out / 'tiny-clip'}", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The tiny-sd tokenizer and the shortened (smoke) form of its training command."""
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+from transformers import CLIPModel, CLIPTokenizer
+
+from prunekit.tiny import architecture
+from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
+from prunekit.tiny.train import main
+
+CAPTION = "a small red circle in the top left on a white background"
+
+
+def test_tokenizer_has_one_token_per_grammar_word():
+    tokenizer = build_tokenizer()
+    for word in grammar_words():
+        assert tokenizer.tokenize(word) == [word + "</w>"]
+    ids = tokenizer(CAPTION, padding="max_length").input_ids
+    assert len(ids) == tokenizer.model_max_length == 32
+    assert ids[0] == tokenizer.bos_token_id and ids[13] == tokenizer.eos_token_id
+
+
+def test_tokenizer_splits_unknown_words_without_unknown_tokens():
+    tokenizer = build_tokenizer()
+    ids = tokenizer("An astronaut riding a horse, 3 times!").input_ids[1:-1]
+    assert tokenizer.eos_token_id not in ids
+    assert tokenizer.decode(ids) == "an astronaut riding a horse , 3 times !"
+
+
+@pytest.mark.parametrize("drop", [None, "tokenizer.json"])
+def test_tokenizer_round_trips(tmp_path, drop):
+    """From tokenizer.json, or from the project's own vocab.json and merges.txt alone."""
+    tokenizer = build_tokenizer()
+    save_tokenizer(tokenizer, tmp_path)
+    if drop:
+        (tmp_path / drop).unlink()
+    loaded = CLIPTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert loaded.model_max_length == 32
+    assert loaded(CAPTION, padding="max_length").input_ids == tokenizer(CAPTION, padding="max_length").input_ids
+
+
+def test_unet_has_sd_v1_4_block_topology():
+    config = architecture.unet(cross_attention_dim=128).config
+    assert config.down_block_types == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+    assert config.mid_block_type == "UNetMidBlock2DCrossAttn"
+    assert config.up_block_types == ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    assert config.layers_per_block == 2 and len(config.block_out_channels) == 4
+
+
+def test_smoke_training_saves_loadable_models(tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        main(["--out", str(tmp_path), "--preset", "smoke", "--threads", "1"])  # tiny models: one thread is fastest
+    finally:
+        torch.set_num_threads(threads)
+    args = json.loads((tmp_path / "train_args.json").read_text())["args"]
+    assert args["preset"] == "smoke" and args["unet_steps"] == 3
+    for path in tmp_path.rglob("*"):
+        assert path.suffix not in (".bin", ".pt", ".pth")
+        assert path.stat().st_size < 16 * 2**20
+
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "tiny-sd", local_files_only=True)
+    assert pipe.vae.config.scaling_factor != 0.18215
+    image = pipe(CAPTION, num_inference_steps=2, guidance_scale=7.5, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.shape == (64, 64, 3)
+
+    clip = CLIPModel.from_pretrained(tmp_path / "tiny-clip", local_files_only=True)
+    tokenizer = CLIPTokenizer.from_pretrained(tmp_path / "tiny-clip", local_files_only=True)
+    with torch.no_grad():
+        out = clip(input_ids=tokenizer([CAPTION], padding="max_length", return_tensors="pt").input_ids,
+                   pixel_values=torch.zeros(1, 3, 64, 64))
+    assert out.logits_per_image.shape == (1, 1)
