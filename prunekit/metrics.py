@@ -100,7 +100,9 @@ class _ClipFeatures(torch.nn.Module):
 def clip_score_metric(clip: str | Path, device: str | torch.device = "cpu") -> CLIPScore:
     """torchmetrics' CLIPScore on the CLIP model `clip` (see load_clip), made to work with transformers 5."""
     model, processor = load_clip(clip)
-    return CLIPScore(model_name_or_path=lambda: (_ClipFeatures(model), processor)).to(device)
+    # sync_on_compute=False: each process scores its own images (under torch.distributed torchmetrics would
+    # otherwise gather across processes, and wait forever for those that score nothing)
+    return CLIPScore(model_name_or_path=lambda: (_ClipFeatures(model), processor), sync_on_compute=False).to(device)
 
 
 def _uint8(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -142,9 +144,10 @@ class _ClipImageFeatures(torch.nn.Module):
 def _fid_metric(clip: str | Path) -> tuple[FrechetInceptionDistance, str]:
     """FID on Inception-v3 (2048 features) if torch-fidelity and its weights are at hand, else on CLIP's image tower."""
     try:
-        return FrechetInceptionDistance(feature=2048), "inception-v3"
+        return FrechetInceptionDistance(feature=2048, sync_on_compute=False), "inception-v3"
     except (ModuleNotFoundError, OSError):  # torch-fidelity missing, or its weights not downloadable
-        return FrechetInceptionDistance(feature=_ClipImageFeatures(*load_clip(clip))), f"clip:{clip}"
+        return (FrechetInceptionDistance(feature=_ClipImageFeatures(*load_clip(clip)), sync_on_compute=False),
+                f"clip:{clip}")
 
 
 @torch.no_grad()
