@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/prunekit inspect sd-v1-4
-	$(BIN)/prunekit plan --model sd-v1-4 --preset bk-small -o runs/demo/plan.json
+	$(BIN)/prunekit demo --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
