@@ -21,13 +21,7 @@ SDXL = dict(_COMMON, block_out_channels=(32, 64, 96), attention_head_dim=(2, 4, 
 TINY = {"sd1": SD1, "sd2": SD2, "sdxl": SDXL}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_inputs(config: dict, size: int | None = None) -> dict:

@@ -34,13 +34,7 @@ ATTRIBUTES = [f"{prefix}attr_{key}" for key in ("color", "shape", "position", "s
 FAST = {"prompts": "shapes", "num_prompts": 3, "steps": 2, "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,14 @@ class Progress:
             self.losses, self.last = [], now
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+    """One optimizer step on `loss`, gradients clipped to norm 1."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+
+
 def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, images: Images, steps: int, batch_size: int,
                lr: float, seed: int, device: torch.device, bf16: bool, log_every: int) -> None:
     """Contrastive training; images of the same caption in a batch count as positives of each other."""
@@ -99,10 +107,7 @@ def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, images: Images, steps
         same = (labels[:, None] == labels[None, :]).float()
         target = same / same.sum(dim=1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, model.parameters())
         progress.update(step, loss.item())
     model.eval()
 
@@ -158,10 +163,7 @@ def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, l
             recon = vae.decode(posterior.mode()).sample.float()
         error = (recon - pixels).abs() + (recon - pixels).pow(2)
         loss = (foreground_weight(pixels, shape_weight) * error).mean() + kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, vae.parameters())
         progress.update(step, loss.item())
     vae.eval()
 
@@ -240,10 +242,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         snr = alphas[timesteps] / (1 - alphas[timesteps])
         weight = snr.clamp(max=min_snr_gamma) / snr
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, loss, params)
         if ema_decay > 0:
             decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
