@@ -20,9 +20,16 @@ def _plan(args) -> None:
     if args.budget is not None:
         from prunekit.planner import output_path, plan, summary
 
+        measure = None
+        if args.objective == "measured":
+            from prunekit.planner.measured import deferred_measurer
+
+            measure = deferred_measurer(args.model, args.sensitivity, num_prompts=args.measure_prompts,
+                                        steps=args.measure_steps, device=args.device)
         made = plan(args.model, args.budget, metric=args.metric, sensitivity=args.sensitivity,
                     objective=args.objective, method=args.method, space=args.space, trials=args.trials,
-                    storage=args.storage, pareto=args.pareto, seed=args.seed, out=args.output, device=args.device)
+                    storage=args.storage, pareto=args.pareto, seed=args.seed, out=args.output, device=args.device,
+                    measure=measure)
         print(summary(made))
         print(f"  -> {output_path(args.output, args.sensitivity)}")
         return
@@ -136,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--sensitivity", metavar="RUN", help="a sensitivity run directory (runs/NAME): the additive "
                                                            "objective reads it; the study and caches go there")
     plan.add_argument("--objective", choices=("additive", "measured"), default="additive",
-                      help="additive: the sum of the units' sensitivities (default); measured: score each candidate")
+                      help="additive: the sum of the units' sensitivities (default); measured: remove each "
+                           "candidate whole, generate a small prompt set and score it as the sensitivity run does")
+    plan.add_argument("--measure-prompts", type=int, default=8, metavar="N",
+                      help="measured: prompts each candidate is scored on (default 8, the run's prompt set)")
+    plan.add_argument("--measure-steps", type=int, metavar="S",
+                      help="measured: sampling steps (default: the sensitivity run's, else 25)")
     plan.add_argument("--method", choices=("greedy", "optuna"), default="greedy", help="default greedy")
     plan.add_argument("--space", choices=("diffusers", "free"), default="diffusers",
                       help="diffusers: standard diffusers students only (default); free: any units "

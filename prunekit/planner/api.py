@@ -133,11 +133,11 @@ def _objective(config: dict, run: Path | None, objective: str, space: str, measu
     if objective == "measured":
         if measure is None:
             raise PrunekitError("the measured objective needs a measuring function: pass measure=... to "
-                                "prunekit.planner.plan (the sensitivity runner provides one).")
+                                "prunekit.planner.plan (prunekit.planner.measured.measurer builds one).")
         if run is not None and (run / "run.json").is_file():
             check_run(run, config)
         loss_of = Measured(measure, Cache(run / CACHE_FILE if run is not None else None, "measured"))
-        return loss_of, make_space(space, config), [fingerprint(config), "measured"]
+        return loss_of, make_space(space, config), [fingerprint(config), "measured", loss_of.identity]
     if run is None:
         raise PrunekitError("the additive objective needs --sensitivity runs/NAME (a sensitivity run of this "
                             "model): run the sensitivity sweep first, or plan with --objective measured.")

@@ -125,9 +125,10 @@ class Measured:
 
     def __init__(self, measure: Callable[[list[str]], float], cache: Cache):
         self.measure, self.cache = measure, cache
+        self.identity = getattr(measure, "identity", "")  # what the losses mean: never mix two settings
 
     def __call__(self, remove: list[str]) -> float:
-        key = " ".join(sorted(remove))
+        key = self.identity + ":" + " ".join(sorted(remove))
         value = self.cache.get(key)
         if value is None:
             value = float(self.measure(list(remove)))

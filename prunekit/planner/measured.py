@@ -1,0 +1,174 @@
+"""The measured objective: remove a whole candidate at once, generate a small fixed prompt set, score the result.
+
+    measure = measurer("tiny-sd", sensitivity="runs/demo", num_prompts=8)
+    measure(["down0.pair1", "mid"])   # the loss of removing both at once (higher = worse)
+
+`measurer` loads the pipeline once, encodes the prompts once and generates the intact baseline once, each image
+from the noise prunekit.generate.image_seeds gives it (the sensitivity sweep's own pieces: settings, pipelines,
+sampling, scoring). Each call then generates the same prompts from the same noise with the candidate removed
+and returns its loss by the rule of a full-mode sensitivity run's `sensitivity` column
+(prunekit.sensitivity.settings.SENSITIVITY_RULES): by default -delta_clip_score, the baseline's CLIP score less
+the candidate's, so a measured loss and an additive one (a sum of per-unit sensitivities) share one scale.
+
+Given a sensitivity run, the measurement copies its prompt set, steps, guidance, seed, metrics, CLIP model and
+dtype (hence its rule), and only takes fewer prompts. A proxy run's eps_mse has no generated counterpart: its
+candidates are measured by the full-mode default, -delta_clip_score.
+
+How a candidate is removed:
+
+- a unit inside another unit of the candidate (a pair's resnet, the blocks of a removed stage) is left out:
+  removing its container removes it;
+- otherwise all units are ablated at once with prunekit.ablation.ablate, as the sweep ablates one;
+- adjacent stages (stage0 with stage1, ...) share the downsampler between them, so ablation refuses them
+  together: such a candidate is measured on its surgery student (prunekit.surgery.build_student), the
+  standard diffusers U-Net its plan would build, swapped into the pipeline. For diffusers-space candidates
+  the two agree: ablating the units computes what the student computes (tests/test_measured.py checks it).
+
+A Measure does not cache: the planner's `Measured` objective caches its losses per candidate in the run
+directory, so each candidate is measured once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from prunekit.errors import PrunekitError
+
+# run.json arguments a measurement copies from its sensitivity run (those not given explicitly)
+_FROM_RUN = ("prompts", "steps", "guidance", "seed", "clip_model", "dtype")
+DEFAULT_PROMPTS = 8
+
+
+def _inside(path: str, container: str) -> bool:
+    return path == container or path.startswith(container + ".")
+
+
+def _contained(unit, other) -> bool:
+    """Whether every module of `unit` lies inside a module of `other` (and they are different units)."""
+    return unit.name != other.name and all(any(_inside(p, q) for q in other.modules) for p in unit.modules)
+
+
+def outermost(units: list) -> list:
+    """`units` without those inside another of them (removing the container removes them), order kept."""
+    return [u for u in units if not any(_contained(u, other) for other in units)]
+
+
+@contextmanager
+def unet_swapped(pipe, unet):
+    """The pipeline with `unet` in place of its own for the body of the `with`."""
+    teacher = pipe.unet
+    pipe.unet = unet
+    try:
+        yield pipe
+    finally:
+        pipe.unet = teacher
+
+
+def _run_arguments(sensitivity) -> dict:
+    """The arguments of the sensitivity run `sensitivity` that a measurement copies (none without a run)."""
+    if sensitivity is None:
+        return {}
+    path = Path(sensitivity) / "run.json"
+    try:
+        args = json.loads(path.read_text())["args"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise PrunekitError(f"cannot read the arguments in {path}: pass a sensitivity run directory made by "
+                            "`prunekit sensitivity`, or leave out --sensitivity.") from None
+    copied = {key: args.get(key) for key in _FROM_RUN}
+    copied["metrics"] = args.get("metrics") if args.get("mode", "full") == "full" else None
+    return copied
+
+
+class Measure:
+    """The loss of removing a candidate's units at once, on fixed prompts and noise (see the module docstring)."""
+
+    def __init__(self, settings, pipe, sampler, scorer):
+        self.settings, self.pipe, self.sampler, self.scorer = settings, pipe, sampler, scorer
+        self.rule = settings.sensitivity_rule()
+        latents = sampler.latents()
+        self.baseline = scorer.set_baseline(latents, sampler.images(latents))
+
+    def describe(self) -> dict:
+        """What the losses mean: the rule, prompts, steps and the baseline's scores (for reports and plans)."""
+        s = self.settings
+        return {"rule": self.rule, "prompts": s.prompt_source, "num_prompts": len(s.prompts), "steps": s.steps,
+                "guidance": s.guidance, "seed": s.seed, "clip_model": s.clip_model, "baseline": self.baseline}
+
+    def _latents(self, remove: list[str]):
+        """The final latents with all of `remove` removed (see the module docstring for how)."""
+        from prunekit.ablation import ablate, check_together, resolve
+        from prunekit.surgery import build_student
+
+        units = outermost(resolve(self.pipe.unet, list(dict.fromkeys(remove))))
+        try:
+            check_together(units)
+        except PrunekitError:  # units that share a module (adjacent stages): the surgery student
+            student, _ = build_student(self.pipe.unet, [u.name for u in units])
+            with unet_swapped(self.pipe, student.eval()):
+                return self.sampler.latents()
+        with ablate(self.pipe.unet, units):
+            return self.sampler.latents()
+
+    def scores(self, remove: list[str]) -> dict[str, float]:
+        """Every metric column (sensitivity.csv's names) of the generation with all of `remove` removed."""
+        latents = self._latents(remove)
+        return self.scorer.score(latents, self.sampler.images(latents))
+
+    def loss(self, values: dict[str, float]) -> float:
+        """The loss of a candidate's metric columns, by the run's rule (larger = more harmful)."""
+        return 0.0 - values[self.rule[1:]] if self.rule.startswith("-") else values[self.rule]
+
+    def __call__(self, remove: list[str]) -> float:
+        return self.loss(self.scores(remove))
+
+
+def measurer(model: str = "tiny-sd", sensitivity=None, num_prompts: int = DEFAULT_PROMPTS, steps: int | None = None,
+             metrics=None, prompts: str | None = None, guidance: float | None = None, seed: int | None = None,
+             clip_model: str | None = None, device: str = "cpu", dtype: str | None = None,
+             batch_size: int | None = None) -> Measure:
+    """A Measure for `model`: its pipeline loaded, `num_prompts` prompts encoded, its baseline generated.
+
+    Arguments left None come from the sensitivity run `sensitivity` (runs/NAME) if given, else from the sweep's
+    defaults (prunekit.sensitivity.sensitivity: shapes prompts for tiny-sd, 25 steps, guidance 7.5, seed 0,
+    metrics clip and teacher plus attributes for shapes prompts, so the rule is -delta_clip_score).
+    """
+    from prunekit.generate import image_seeds
+    from prunekit.metrics import clip_score_metric
+    from prunekit.sensitivity import pipelines
+    from prunekit.sensitivity.sampling import Sampler
+    from prunekit.sensitivity.scoring import Scorer
+    from prunekit.sensitivity.settings import resolve
+
+    given = {"prompts": prompts, "steps": steps, "guidance": guidance, "seed": seed, "clip_model": clip_model,
+             "dtype": dtype, "metrics": metrics}
+    chosen = {"steps": 25, "guidance": 7.5, "seed": 0, "dtype": "float32",
+              **{k: v for k, v in _run_arguments(sensitivity).items() if v is not None},
+              **{k: v for k, v in given.items() if v is not None}}
+    settings = resolve(model, out=str(sensitivity or ""), mode="full", metrics=chosen.get("metrics"),
+                       prompts=chosen.get("prompts"), num_prompts=num_prompts, steps=chosen["steps"],
+                       guidance=chosen["guidance"], seed=chosen["seed"], batch_size=batch_size, device=device,
+                       dtype=chosen["dtype"], clip_model=chosen.get("clip_model"))
+    clip = clip_score_metric(settings.clip_model, device) if "clip" in settings.metrics else None
+    pipe = pipelines.load(settings, device)
+    texts = list(settings.prompts)
+    sampler = Sampler(pipe, texts, image_seeds(settings.seed, len(texts)), settings.steps, settings.guidance,
+                      settings.batch_size)
+    scorer = Scorer(settings.metrics, texts, clip, settings.clip_model)
+    return Measure(settings, pipe, sampler, scorer)
+
+
+def deferred_measurer(*args, **kwargs):
+    """`measurer(*args, **kwargs)` built on the first call only: a search whose candidates are all cached (a
+    resumed one) loads no model, and bad planner arguments are refused before anything loads."""
+    built: list[Measure] = []
+
+    def measure(remove: list[str]) -> float:
+        if not built:
+            built.append(measurer(*args, **kwargs))
+        return built[0](remove)
+
+    settings = json.dumps([args, kwargs], sort_keys=True, default=str)
+    measure.identity = hashlib.sha256(settings.encode()).hexdigest()[:16]  # keys the planner's cache of losses
+    return measure

@@ -1,0 +1,160 @@
+"""The measured objective on stand-in pipelines: each candidate measured once (also across a resumed search),
+the same numbers every time, the sweep's numbers for single units, surgery's numbers for diffusers-space
+plans, and the CLI's `--objective measured`."""
+import json
+import random
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+import stand_ins
+from prunekit.ablation import ablate, resolve
+from prunekit.cli import main
+from prunekit.models import fingerprint, unet_config
+from prunekit.plan import preset_remove
+from prunekit.planner import plan
+from prunekit.planner.measured import measurer, outermost, unet_swapped
+from prunekit.planner.space import DiffusersSpace, Layout
+from prunekit.sensitivity import sensitivity
+from prunekit.surgery import build_student
+
+FAST = {"prompts": "shapes", "num_prompts": 2, "steps": 2}
+# four stages of equal inner width, so that the diffusers space can drop two stages at once
+DEEP_UNET = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": (8, 16, 16, 16),
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    "cross_attention_dim": 16, "attention_head_dim": 2, "norm_num_groups": 4,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pipe")
+    stand_ins.pipeline().save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def deep_dir(tmp_path_factory):
+    """The stand-in pipeline around a four-stage U-Net (BK-SDM's presets apply to it)."""
+    directory = tmp_path_factory.mktemp("deep")
+    pipe = stand_ins.pipeline()
+    torch.manual_seed(1)
+    pipe.unet = UNet2DConditionModel(**DEEP_UNET)
+    pipe.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return str(stand_ins.save_clip(tmp_path_factory.mktemp("clip")))
+
+
+@pytest.fixture(scope="module")
+def measure(pipe_dir, clip_dir):
+    return measurer(pipe_dir, clip_model=clip_dir, **FAST)
+
+
+def counting(measure, calls: list):
+    def counted(remove):
+        calls.append(" ".join(sorted(remove)))
+        return measure(remove)
+    return counted
+
+
+def run_dir(path, model: str, clip_dir: str):
+    """A run directory whose run.json names the model and the arguments a measurement copies."""
+    path.mkdir(parents=True, exist_ok=True)
+    info = {"command": "sensitivity", "model": {"name": model, "unet_fingerprint": fingerprint(unet_config(model))},
+            "args": {"mode": "full", "prompts": "shapes", "steps": 2, "guidance": 7.5, "seed": 0,
+                     "clip_model": clip_dir, "dtype": "float32", "metrics": ["clip", "teacher", "attributes"]}}
+    (path / "run.json").write_text(json.dumps(info))
+    return path
+
+
+def test_each_candidate_is_measured_once_and_a_rerun_measures_nothing(tmp_path, pipe_dir, clip_dir, measure):
+    run = run_dir(tmp_path / "run", pipe_dir, clip_dir)
+    calls = []
+    for method in ("greedy", "optuna", "greedy"):
+        made = plan(pipe_dir, 0.97, sensitivity=str(run), objective="measured", method=method, space="free",
+                    trials=12, measure=counting(measure, calls), out=tmp_path / f"{method}.json", progress=False)
+        assert made.predicted["loss"] == measure(made.remove)
+    assert calls and len(calls) == len(set(calls))  # greedy and Optuna share the cache: none measured twice
+    before = len(calls)
+    for method in ("greedy", "optuna"):  # the same searches again: everything comes from the run's cache
+        plan(pipe_dir, 0.97, sensitivity=str(run), objective="measured", method=method, space="free", trials=12,
+             measure=counting(measure, calls), out=tmp_path / "again.json", progress=False)
+    assert len(calls) == before
+
+
+def test_measurements_are_deterministic_and_match_the_sweep(tmp_path, pipe_dir, clip_dir, measure):
+    again = measurer(pipe_dir, clip_model=clip_dir, **FAST)
+    assert measure([]) == 0.0
+    for remove in (["mid"], ["down0.pair0", "up1.pair1"], ["down0.attn0", "mid.res0", "up0.upsample"]):
+        assert measure(remove) == measure(remove) == again(remove)
+        assert measure.scores(remove) == again.scores(remove) and measure.scores(remove)["latent_mse"] > 0
+    assert measure.rule == "-delta_clip_score"
+    table = sensitivity(pipe_dir, out=str(tmp_path / "sweep"), clip_model=clip_dir, progress=False, **FAST)
+    for row in table.itertuples():  # one unit measured alone is the sweep's own row
+        assert measure([row.unit]) == pytest.approx(row.sensitivity, abs=1e-6)
+
+
+def test_a_run_gives_the_settings_and_the_rule(tmp_path, pipe_dir, clip_dir):
+    run = run_dir(tmp_path / "run", pipe_dir, clip_dir)
+    info = json.loads((run / "run.json").read_text())
+    info["args"]["metrics"] = ["teacher"]
+    (run / "run.json").write_text(json.dumps(info))
+    measure = measurer(pipe_dir, sensitivity=str(run), num_prompts=2)
+    assert measure.rule == "latent_mse" and measure.describe()["steps"] == 2
+    assert measure([]) == 0.0 and measure(["mid"]) > 0
+
+
+def test_contained_units_are_left_out(pipe_dir):
+    unet = stand_ins.pipeline().unet
+    names = [u.name for u in outermost(resolve(unet, ["down0.res0", "down0.pair0", "mid.attn0", "mid", "up1.pair0"]))]
+    assert names == ["down0.pair0", "mid", "up1.pair0"]
+
+
+def test_ablating_a_diffusers_plan_computes_its_surgery_student(deep_dir, clip_dir):
+    measure = measurer(deep_dir, clip_model=clip_dir, **FAST)
+    config = unet_config(deep_dir)
+    space = DiffusersSpace(config)
+    rng = random.Random(0)
+    plans = [preset_remove(name, config) for name in ("bk-base", "bk-small", "bk-tiny")]
+    for _ in range(3):  # random plans of the space that ablation can express (one stage dropped at most)
+        m, mid = rng.choice([core for core in space.cores if core[0] < 2])
+        stages = [rng.choice(options) for options in space.options[:space.n - m]] + list(space.full().stages[space.n - m:])
+        plans.append(space.remove(Layout(m, mid, tuple(stages))))
+    for remove in plans:
+        with ablate(measure.pipe.unet, remove):
+            ablated = measure.sampler.latents()
+        student, _ = build_student(measure.pipe.unet, remove)
+        with unet_swapped(measure.pipe, student.eval()):
+            built = measure.sampler.latents()
+        torch.testing.assert_close(ablated, built, rtol=1e-4, atol=1e-5)
+    # adjacent stages share a downsampler, so ablation refuses them: their student is measured instead
+    both = measure.scores(["stage0", "stage1"])["latent_mse"]
+    assert both == measure.scores(["stage1", "stage0"])["latent_mse"] != measure.scores(["stage0"])["latent_mse"]
+
+
+def test_cli_plans_with_the_measured_objective(tmp_path, pipe_dir, clip_dir, capsys):
+    run = run_dir(tmp_path / "run", pipe_dir, clip_dir)
+    out = tmp_path / "plan.json"
+    code = main(["plan", "--model", pipe_dir, "--budget", "0.9", "--sensitivity", str(run), "--objective", "measured",
+                 "--measure-prompts", "2", "--measure-steps", "2", "-o", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "measured objective" in printed and str(out) in printed
+    saved = json.loads(out.read_text())
+    assert saved["remove"] == ["mid"] and saved["provenance"]["planner"]["objective"] == "measured"
+    assert main(["plan", "--model", pipe_dir, "--budget", "1.5", "--objective", "measured"]) == 2  # refused, no load
