@@ -231,14 +231,6 @@ def test_measured_objective_measures_each_candidate_once(tmp_path):
     assert len(calls) == done  # every candidate came from the run directory's cache
 
 
-@pytest.fixture
-def one_thread():
-    """Time on one thread: with other jobs on the machine, more threads make eager CPU timing erratic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_latency_budget_times_each_candidate_once(tmp_path, monkeypatch):
     """With a stand-in clock proportional to the parameters that run (on meta students), a latency budget plans
