@@ -33,13 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("pipe")
-    stand_ins.pipeline().save_pretrained(directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="module")
 def deep_dir(tmp_path_factory):
     """The stand-in pipeline around a four-stage U-Net (BK-SDM's presets apply to it)."""
     directory = tmp_path_factory.mktemp("deep")
@@ -48,11 +41,6 @@ def deep_dir(tmp_path_factory):
     pipe.unet = UNet2DConditionModel(**DEEP_UNET)
     pipe.save_pretrained(directory)
     return str(directory)
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return str(stand_ins.save_clip(tmp_path_factory.mktemp("clip")))
 
 
 @pytest.fixture(scope="module")

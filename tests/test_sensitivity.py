@@ -38,18 +38,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def pipe_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("pipe")
-    stand_ins.pipeline().save_pretrained(directory)
-    return str(directory)
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return str(stand_ins.save_clip(tmp_path_factory.mktemp("clip")))
-
-
-@pytest.fixture(scope="module")
 def full_run(tmp_path_factory, pipe_dir, clip_dir):
     """A finished full sweep of every pair unit of the stand-in pipeline."""
     out = tmp_path_factory.mktemp("runs") / "full"
