@@ -355,6 +355,9 @@ def _distill_section(run: Run) -> dict | None:
     return section
 
 
+HEADLINE_METRICS = ("clip_score", "attribute_accuracy.all")  # the student's card shows the first one present
+
+
 def _key_numbers(run: Run) -> list[dict]:
     """The header's cards: the teacher, the sweep, the plan and the distilled student, where known."""
     keys = []
@@ -375,7 +378,8 @@ def _key_numbers(run: Run) -> list[dict]:
     if isinstance(evaluation.get("student_after"), dict):
         after = _flatten(evaluation["student_after"])
         teacher = _flatten(evaluation.get("teacher") or {})
-        metric = next((m for m in after if _is_number(after[m])), None)
+        numbers = [m for m in after if _is_number(after[m])]
+        metric = next((m for m in HEADLINE_METRICS if m in numbers), numbers[0] if numbers else None)
         if metric:
             note = f"teacher {_text(teacher[metric])}" if _is_number(teacher.get(metric)) else "after distillation"
             keys.append({"label": f"student {metric}", "value": _text(after[metric]), "note": note})
