@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bench_report import write
 from prunekit.distill import distill
 from prunekit.models import unet_config
 from prunekit.plan import make_preset
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-examples", type=int, default=2048, help="shapes examples (and cache size)")
     parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.add_argument("--out", default="reports/bench_distill", help="where table.md/csv and ratios.png go")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup + 1:
         parser.error("--steps must exceed --warmup + 1")
@@ -98,6 +100,18 @@ def main(argv: list[str] | None = None) -> dict:
           f"with cached latents {ratios['kd / plain (cached)']:.2f}x")
     print(f"  --cache-latents: KD step {ratios['cache speed-up (kd)']:.2f}x faster; building the cache of "
           f"{args.num_examples} examples took about {ratios['cache build seconds']:.1f}s once")
+    context = (f"`python analyses/bench_distill.py{' --random' if args.random else ''} --steps {args.steps} "
+               f"--batch-size {args.batch_size}`: {args.preset} student of {'random ' if args.random else ''}"
+               f"{args.model}, batch {args.batch_size}, {precision}, {device}, median of "
+               f"{args.steps - args.warmup - 1} steps.")
+    rows = [{"measure": "KD step / plain step", "value": ratios["kd / plain"], "unit": "x", "target": "<= 1.5"},
+            {"measure": "KD / plain, latents cached", "value": ratios["kd / plain (cached)"], "unit": "x", "target": ""},
+            {"measure": "--cache-latents speed-up (KD)", "value": ratios["cache speed-up (kd)"], "unit": "x",
+             "target": ""},
+            {"measure": "cache build", "value": ratios["cache build seconds"], "unit": "s", "target": ""}]
+    rows += [{"measure": f"{name} step", "value": 1000 * result["step"], "unit": "ms", "target": ""}
+             for name, result in results.items()]
+    write(args.out, "Distillation step cost", context, rows)
     return {"steps": results, "ratios": ratios}
 
 

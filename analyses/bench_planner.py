@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench_report import write
 from prunekit.graph import all_units
 from prunekit.models import unet_config
 from prunekit.planner.api import run_storage
@@ -58,7 +59,9 @@ def timed(function):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the random sensitivities and of Optuna")
+    parser.add_argument("--out", default="reports/bench_planner", help="where table.md/csv and ratios.png go")
     args = parser.parse_args()
+    rows = []
     torch.set_num_threads(1)
 
     config = unet_config("sd-v1-4")
@@ -85,6 +88,8 @@ def main() -> None:
             seconds, state = statistics.median(t for t, _ in runs), runs[0][1]
             print(f"{budget:>7} {'greedy':<26} {seconds:>8.3f} {seconds / GREEDY_TARGET:>9.3f} "
                   f"{loss(state):>8.3f} {optimum:>8.3f}")
+            rows.append({"measure": f"greedy @{budget} (loss {loss(state):.3f}, optimum {optimum:.3f})",
+                         "value": seconds, "unit": "s", "target": f"< {GREEDY_TARGET}"})
             for label, searched, exhaustive in (("optuna", pruned, None), ("optuna TPE whole", space, False)):
                 for where in ("memory", "sqlite"):
                     storage = None if where == "memory" else sqlite(folder, f"{label}-{budget}")
@@ -93,7 +98,14 @@ def main() -> None:
                     print(f"{budget:>7} {f'{label} ({where})':<26} {seconds:>8.3f} {seconds / OPTUNA_TARGET:>9.3f} "
                           f"{best_trial(study, budget).value:>8.3f} {optimum:>8.3f}  "
                           f"({len(study.trials)} trials, {type(study.sampler).__name__})")
+                    rows.append({"measure": f"{label} ({where}) @{budget} (loss {best_trial(study, budget).value:.3f}, "
+                                            f"optimum {optimum:.3f})",
+                                 "value": seconds, "unit": "s", "target": f"< {OPTUNA_TARGET}"})
         free_space(config, objective, args.seed, folder)
+    context = (f"`python analyses/bench_planner.py --seed {args.seed}`: SD-v1.4's diffusers plan space ({space.size()} "
+               f"plans, {pruned.size()} after pruning dominated choices), random sensitivities, {TRIALS} Optuna trials, "
+               f"{torch.get_num_threads()} CPU thread(s). The free-space timings are printed only.")
+    write(args.out, "Planner speed", context, rows)
 
 
 def free_space(config: dict, objective: Additive, seed: int, folder: str, budget: float = 0.5) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from bench_report import write
 from prunekit.ablation import ablate
 from prunekit.attributes import attribute_accuracy
 from prunekit.generate import decode, generate, generate_latents, image_seeds
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--metrics", help="full-mode metrics (default: the sweep's)")
     parser.add_argument("--clip-model", help="CLIP model (default: the sweep's)")
     parser.add_argument("--naive-units", type=int, default=2, help="units the naive way is measured on")
+    parser.add_argument("--out", default="reports/bench_sensitivity", help="where table.md/csv and ratios.png go")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,6 +137,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  full / floor  {ratios['full / floor']:6.2f}x  (target <= 1.2x)")
     print(f"  naive / full  {ratios['naive / full']:6.2f}x  (target >= 3x; naive extrapolated)")
     print(f"  full / proxy  {ratios['full / proxy']:6.2f}x  (target >= 20x)")
+    context = (f"`python analyses/bench_sensitivity.py{' --random' if args.random else ''} --num-prompts "
+               f"{len(prompts)} --steps {args.steps}`: {'random ' if args.random else ''}{args.model}, {len(names)} "
+               f"{args.granularity} units, {len(prompts)} prompts, {args.steps} steps, {device}. The naive way (a fresh "
+               f"pipeline per unit, one prompt at a time) is measured on the baseline and {len(measured)} units and "
+               "extrapolated to every unit.")
+    rows = [{"measure": "full / floor", "value": ratios["full / floor"], "unit": "x", "target": "<= 1.2"},
+            {"measure": "naive / full", "value": ratios["naive / full"], "unit": "x", "target": ">= 3"},
+            {"measure": "full / proxy", "value": ratios["full / proxy"], "unit": "x", "target": ">= 20"},
+            {"measure": "full sweep", "value": full, "unit": "s", "target": "<= 600"}]
+    rows += [{"measure": f"{name} seconds", "value": value, "unit": "s", "target": ""}
+             for name, value in (("floor", floor), ("proxy sweep", proxy), ("naive (extrapolated)", naive))]
+    write(args.out, "Sensitivity sweep speed", context, rows)
     return {"seconds": {"floor": floor, "full": full, "proxy": proxy, "naive": naive}, "ratios": ratios,
             "units": len(names)}
 
