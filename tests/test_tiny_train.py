@@ -49,12 +49,17 @@ def test_unet_has_sd_v1_4_block_topology():
     assert config.layers_per_block == 2 and len(config.block_out_channels) == 4
 
 
-def test_smoke_training_saves_loadable_models(tmp_path):
+def _one_thread_main(argv: list[str]) -> dict:
+    """The training command on one thread (the smoke models are tiny: one thread is fastest)."""
     threads = torch.get_num_threads()
     try:
-        main(["--out", str(tmp_path), "--preset", "smoke", "--threads", "1"])  # tiny models: one thread is fastest
+        return main(argv + ["--threads", "1"])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_smoke_training_saves_loadable_models(tmp_path):
+    _one_thread_main(["--out", str(tmp_path), "--preset", "smoke"])
     args = json.loads((tmp_path / "train_args.json").read_text())["args"]
     assert args["preset"] == "smoke" and args["unet_steps"] == 3
     for path in tmp_path.rglob("*"):
@@ -73,3 +78,21 @@ def test_smoke_training_saves_loadable_models(tmp_path):
         out = clip(input_ids=tokenizer([CAPTION], padding="max_length", return_tensors="pt").input_ids,
                    pixel_values=torch.zeros(1, 3, 64, 64))
     assert out.logits_per_image.shape == (1, 1)
+
+
+def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path):
+    _one_thread_main(["--out", str(tmp_path / "first"), "--preset", "smoke"])
+    metrics = _one_thread_main(["--out", str(tmp_path / "more"), "--preset", "smoke", "--seed", "1",
+                                "--init", str(tmp_path / "first" / "tiny-sd")])
+    assert set(metrics) == {"images", "init", "unet"} and not (tmp_path / "more" / "tiny-clip").exists()
+    first, more = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
+                   for run in ("first", "more"))
+    assert more.vae.config.scaling_factor == first.vae.config.scaling_factor
+    assert torch.equal(more.vae.decoder.conv_out.weight, first.vae.decoder.conv_out.weight)
+    assert not torch.equal(more.unet.conv_in.weight, first.unet.conv_in.weight)
+
+
+def test_init_must_be_a_saved_pipeline(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--init", str(tmp_path)])
+    assert exit_info.value.code == 2 and "is not a saved tiny-sd pipeline" in capsys.readouterr().err

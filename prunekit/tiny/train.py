@@ -4,6 +4,9 @@ Stages, all seeded: render shapes images once; train tiny-clip contrastively (sa
 train the VAE and set its scaling_factor from the latents' standard deviation; encode the latent pool
 once; train the U-Net and its text encoder jointly, saving the pipeline to DIR/tiny-sd every few minutes
 and at the end. DIR/train_args.json records the resolved arguments, DIR/metrics.json what was measured.
+
+`--init PIPELINE` continues a saved tiny-sd instead: its VAE is kept (tiny-clip is not retrained), the
+latent pool is encoded with it, and its U-Net and text encoder train for --unet-steps more steps.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from transformers import CLIPImageProcessor, CLIPProcessor
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel
 
 from prunekit.tiny import architecture, stages
 from prunekit.tiny.tokenizer import build_tokenizer, save_tokenizer
@@ -40,7 +44,7 @@ PRESETS = {
     },
 }
 DEFAULTS = {
-    "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
+    "init": None, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "max_unet_minutes": None,
 }
@@ -51,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m prunekit.tiny.train", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output directory (tiny-sd/, tiny-clip/, train_args.json)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="full (default) or smoke (CI)")
+    parser.add_argument("--init", help="a saved tiny-sd pipeline to continue: only its U-Net and text encoder train")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="fp32 (default; faster on CPU) or bf16 autocast")
@@ -74,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-unet-minutes", type=float, help="stop the U-Net early after this long (a safety)")
     parser.add_argument("--log-every", type=int, help="steps between progress lines")
     given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
+    if "init" in given and not (Path(given["init"]) / "model_index.json").is_file():
+        parser.error(f"--init {given['init']} is not a saved tiny-sd pipeline (it has no model_index.json)")
     return {**DEFAULTS, **PRESETS[given["preset"]], **given}
 
 
@@ -115,6 +122,41 @@ def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def load_parts(pipeline_dir: Path, device: torch.device):
+    """The VAE (on `device`), text encoder and U-Net of a saved tiny-sd pipeline."""
+    return (AutoencoderKL.from_pretrained(pipeline_dir, subfolder="vae").to(device).eval(),
+            CLIPTextModel.from_pretrained(pipeline_dir, subfolder="text_encoder"),
+            UNet2DConditionModel.from_pretrained(pipeline_dir, subfolder="unet"))
+
+
+def train_from_scratch(args: dict, tokenizer, train_images, heldout_images, out: Path, device, bf16: bool, log):
+    """tiny-clip (saved to out/tiny-clip), then the VAE; returns the VAE, a fresh text encoder and U-Net,
+    the unscaled latent pool and the VAE's scaling factor."""
+    seed = args["seed"]
+    torch.manual_seed(seed + 2)
+    clip = architecture.tiny_clip(tokenizer)
+    stages.train_clip(clip, tokenizer, train_images, args["clip_steps"], args["clip_batch"], args["clip_lr"],
+                      seed + 3, device, bf16, args["log_every"])
+    save_clip(clip, tokenizer, out / "tiny-clip")
+    retrieval = stages.clip_retrieval(clip, tokenizer, heldout_images, device)
+    log("tiny-clip", params=count(clip), heldout_retrieval=retrieval)
+    del clip
+
+    torch.manual_seed(seed + 4)
+    vae = architecture.vae()
+    stages.train_vae(vae, train_images, args["vae_steps"], args["vae_batch"], args["vae_lr"], args["vae_kl"],
+                     args["vae_shape_weight"], seed + 5, device, bf16, args["log_every"])
+    pool = stages.encode_pool(vae, train_images, device)
+    scaling = 1.0 / pool.std().item()
+    vae.register_to_config(scaling_factor=scaling)
+    log("vae", params=count(vae), scaling_factor=scaling, heldout=stages.vae_check(vae, heldout_images, device))
+
+    torch.manual_seed(seed + 6)
+    text_model = architecture.text_encoder(tokenizer, args["text_width"], args["text_layers"])
+    widths = tuple(int(w) for w in args["unet_widths"].split(","))
+    return vae, text_model, architecture.unet(args["text_width"], widths), pool, scaling
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args["out"])
@@ -138,28 +180,14 @@ def main(argv: list[str] | None = None) -> dict:
     heldout_images = stages.Images("heldout", args["heldout_images"], seed + 1)
     log("images", train=len(train_images), heldout=len(heldout_images))
 
-    torch.manual_seed(seed + 2)
-    clip = architecture.tiny_clip(tokenizer)
-    stages.train_clip(clip, tokenizer, train_images, args["clip_steps"], args["clip_batch"], args["clip_lr"],
-                      seed + 3, device, bf16, args["log_every"])
-    save_clip(clip, tokenizer, out / "tiny-clip")
-    retrieval = stages.clip_retrieval(clip, tokenizer, heldout_images, device)
-    log("tiny-clip", params=count(clip), heldout_retrieval=retrieval)
-    del clip
-
-    torch.manual_seed(seed + 4)
-    vae = architecture.vae()
-    stages.train_vae(vae, train_images, args["vae_steps"], args["vae_batch"], args["vae_lr"], args["vae_kl"],
-                     args["vae_shape_weight"], seed + 5, device, bf16, args["log_every"])
-    pool = stages.encode_pool(vae, train_images, device)
-    scaling = 1.0 / pool.std().item()
-    vae.register_to_config(scaling_factor=scaling)
-    log("vae", params=count(vae), scaling_factor=scaling, heldout=stages.vae_check(vae, heldout_images, device))
-
-    torch.manual_seed(seed + 6)
-    text_model = architecture.text_encoder(tokenizer, args["text_width"], args["text_layers"])
-    widths = tuple(int(w) for w in args["unet_widths"].split(","))
-    unet = architecture.unet(args["text_width"], widths)
+    if args["init"]:
+        vae, text_model, unet = load_parts(Path(args["init"]), device)
+        pool = stages.encode_pool(vae, train_images, device)
+        scaling = vae.config.scaling_factor
+        log("init", source=args["init"], unet_params=count(unet))
+    else:
+        vae, text_model, unet, pool, scaling = train_from_scratch(args, tokenizer, train_images, heldout_images,
+                                                                  out, device, bf16, log)
     vae.to("cpu")
 
     def snapshot(unet_model, text, step: int) -> None:
@@ -176,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     unet_minutes = (time.perf_counter() - unet_start) / 60
     save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / "tiny-sd")
     log("unet", unet_params=count(unet), text_encoder_params=count(text_model), unet_minutes=round(unet_minutes, 2))
-    print(f"done: {out / 'tiny-sd'} and {out / 'tiny-clip'}", flush=True)
+    print(f"done: {out / 'tiny-sd'}" + ("" if args["init"] else f" and {out / 'tiny-clip'}"), flush=True)
     return metrics
 
 
