@@ -36,7 +36,7 @@ from prunekit.sensitivity import sensitivity
 from prunekit.sensitivity.settings import resolve
 
 
-def floor_seconds(model: str, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+def floor_seconds(model: str, prompts: list[str], seeds: list[int], steps: int, guidance: float | None,
                   repeats: int = 3) -> float:
     """Wall time of one generation of all prompts in one batch, images decoded: the median of `repeats`, after a
     one-step warm-up."""
@@ -51,7 +51,7 @@ def floor_seconds(model: str, prompts: list[str], seeds: list[int], steps: int, 
     return statistics.median(times)
 
 
-def naive_seconds(model: str, unit: str | None, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+def naive_seconds(model: str, unit: str | None, prompts: list[str], seeds: list[int], steps: int, guidance: float | None,
                   metrics: tuple[str, ...], clip_model: str | None, baseline):
     """Wall time of the naive way for one unit (None: the baseline), and its latents and images."""
     started = time.perf_counter()
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--units", help="comma-separated units to sweep instead of the granularity's")
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, default=7.5)
+    parser.add_argument("--guidance", type=float, help="default: the model's recommended guidance")
     parser.add_argument("--metrics", help="full-mode metrics (default: the sweep's)")
     parser.add_argument("--clip-model", help="CLIP model (default: the sweep's)")
     parser.add_argument("--naive-units", type=int, default=2, help="units the naive way is measured on")

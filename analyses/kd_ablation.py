@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from prunekit.distill import checkpoints, distill  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
-from prunekit.models import load_pipeline, unet_config  # noqa: E402
+from prunekit.models import load_pipeline, recommended_guidance, unet_config  # noqa: E402
 from prunekit.plan import make_preset  # noqa: E402
 from prunekit.surgery import build_student  # noqa: E402
 
@@ -44,8 +44,8 @@ RECOVERED = ("attr_all", "clip_score")
 
 def scores(pipe, args, device: str) -> dict:
     """The METRICS of `pipe` on held-out shapes prompts."""
-    result = evaluate(pipe, num_prompts=args.num_prompts, steps=args.eval_steps, device=device,
-                      clip_model=args.clip_model, progress=False)
+    result = evaluate(pipe, num_prompts=args.num_prompts, steps=args.eval_steps, guidance=args.guidance,
+                      device=device, clip_model=args.clip_model, progress=False)
     flat = {f"attr_{key}": value for key, value in result["attribute_accuracy"].items()}
     ratio = result["clip_score_ratio"]  # None where real images score 0
     return {**flat, "clip_score": result["clip_score"], "clip_score_ratio": float("nan") if ratio is None else ratio}
@@ -116,7 +116,7 @@ def write_markdown(path: Path, table: list[dict], args) -> None:
     lines = [f"# Distillation ablation: {args.preset} student of {args.model}", "",
              f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr:g}, {args.num_examples} shapes examples "
              f"(latents cached), seeds {args.seeds}; evaluation: {args.num_prompts} held-out shapes prompts, "
-             f"{args.eval_steps} PNDM steps, guidance 7.5. Mean{' ± std over seeds' if ',' in args.seeds else ''}.",
+             f"{args.eval_steps} PNDM steps, guidance {args.guidance:g}. Mean{' ± std over seeds' if ',' in args.seeds else ''}.",
              "", "| model | params (M) | attributes, all | colour | shape | position | size | CLIP score | "
              "CLIP ratio | recovered (attributes) | recovered (CLIP) | final task loss |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     params = {"teacher": plan.predicted["teacher_params"], "surgery (no retraining)": plan.predicted["params"],
               **{name: plan.predicted["params"] for name in ARMS}}
     clip = Path(str(args.clip_model)).name
-    measured = Scores(work / f"scores-{args.num_prompts}prompts-{args.eval_steps}steps-{clip}.json")
+    args.guidance = recommended_guidance(args.model)  # the teacher's, for the teacher and every student
+    measured = Scores(work / f"scores-{args.num_prompts}prompts-{args.eval_steps}steps-g{args.guidance:g}-{clip}.json")
     teacher = load_pipeline(args.model)
     surgery, _ = build_student(teacher.unet, plan)
     surgery_pipe = type(teacher)(**{**teacher.components, "unet": surgery}, requires_safety_checker=False)

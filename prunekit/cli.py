@@ -9,6 +9,7 @@ import sys
 from prunekit.errors import PrunekitError
 
 MODEL_HELP = "an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, tiny-sd), a hub id or a local diffusers directory"
+GUIDANCE_HELP = "classifier-free guidance scale (default: the model's recommended one; 7.5 for SD, tiny-sd's own from its model card)"
 
 
 def _inspect(args) -> None:
@@ -170,11 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Generate with a model from fixed seeds and score the images: "
                                                "attribute accuracy and CLIP score for shapes prompts.")
     evaluate.add_argument("model", metavar="MODEL", nargs="?", default="tiny-sd", help=MODEL_HELP)
-    evaluate.add_argument("--prompts", default="shapes", help="'shapes' (held-out captioned shapes) or a file of one prompt per line")
+    evaluate.add_argument("--prompts", default="shapes", help="'shapes' (held-out captioned shapes), 'shapes-train' "
+                                                              "(training combinations) or a file of one prompt per line")
     evaluate.add_argument("--num-prompts", type=int, default=200)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--steps", type=int, default=25)
-    evaluate.add_argument("--guidance", type=float, default=7.5)
+    evaluate.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     evaluate.add_argument("--batch-size", type=int, default=32)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--format", choices=("table", "json"), default="table")
@@ -234,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default shapes for tiny-sd, else everyday)")
     sensitivity.add_argument("--num-prompts", type=int, default=32, help="default 32")
     sensitivity.add_argument("--steps", type=int, default=25, help="sampling steps (default 25)")
-    sensitivity.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
+    sensitivity.add_argument("--guidance", type=float, help=GUIDANCE_HELP)
     sensitivity.add_argument("--seed", type=int, default=0)
     sensitivity.add_argument("--batch-size", type=int, help="prompts per batch (default: all at once)")
     sensitivity.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")

@@ -19,6 +19,8 @@ from diffusers import UNet2DConditionModel
 from prunekit.errors import PrunekitError
 
 ASSETS = Path(__file__).parent / "assets"
+SD_GUIDANCE = 7.5  # the classifier-free guidance scale SD-v1.x is sampled at
+SAMPLING_FILE = "prunekit.json"  # beside model_index.json: {"guidance_scale": G}, the scale a model samples best at
 
 _SD1 = {
     "act_fn": "silu",
@@ -159,6 +161,32 @@ def load_unet(model: str, weights: bool = False, dtype: torch.dtype = torch.floa
         return UNet2DConditionModel.from_pretrained(folder, dtype=dtype, local_files_only=True)
     return from_hub(lambda local: UNet2DConditionModel.from_pretrained(
         where, subfolder="unet", dtype=dtype, local_files_only=local), model)
+
+
+def recommended_guidance(model) -> float:
+    """The classifier-free guidance scale to sample `model` (a MODEL or a loaded pipeline) at by default.
+
+    A pipeline directory carries its own in prunekit.json when it was measured to differ (tiny-sd's is in its
+    model card); any other model gets SD's 7.5.
+    """
+    where = model if isinstance(model, str) else getattr(model, "name_or_path", None)
+    if where in ALIASES:
+        where = resolve(where)
+    path = Path(where) / SAMPLING_FILE if where and os.path.isdir(where) else None
+    if path is None or not path.is_file():
+        return SD_GUIDANCE
+    try:
+        guidance = json.loads(path.read_text())["guidance_scale"]
+    except (ValueError, KeyError, TypeError):
+        guidance = None
+    if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or guidance < 1:
+        raise PrunekitError(f"{path} must hold a JSON object with a number guidance_scale of at least 1.")
+    return float(guidance)
+
+
+def write_recommended_guidance(directory: str | Path, guidance: float) -> None:
+    """Record `guidance` as the default scale of the pipeline in `directory` (see recommended_guidance)."""
+    (Path(directory) / SAMPLING_FILE).write_text(json.dumps({"guidance_scale": guidance}, indent=2) + "\n")
 
 
 def load_pipeline(model: str, dtype: torch.dtype = torch.float32):

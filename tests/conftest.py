@@ -1,7 +1,12 @@
 """Shared fixtures."""
+import importlib.util
+from pathlib import Path
+
 import pytest
 import stand_ins
 import torch
+
+ANALYSES = Path(__file__).resolve().parents[1] / "analyses"
 
 
 @pytest.fixture(scope="module")
@@ -25,3 +30,16 @@ def pipe_dir(tmp_path_factory):
 def clip_dir(tmp_path_factory):
     """A saved random stand-in tiny CLIP."""
     return str(stand_ins.save_clip(tmp_path_factory.mktemp("clip")))
+
+
+@pytest.fixture
+def analysis_script(monkeypatch):
+    """Loads an analyses/ script as a module; the folder goes on sys.path, as it does when the script is run."""
+    monkeypatch.syspath_prepend(str(ANALYSES))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, ANALYSES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

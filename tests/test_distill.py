@@ -21,11 +21,13 @@ from prunekit.distill.data import Captioned, EpochSampler, FolderSource, flips, 
 from prunekit.distill.features import FeatureTaps, feature_pairs, match_points
 from prunekit.distill.losses import Weights, distill_losses, feature_loss, task_target
 from prunekit.errors import PrunekitError
+from prunekit.models import recommended_guidance, write_recommended_guidance
 from prunekit.plan import Plan, make_preset
 from prunekit.surgery import build_student
 
 FAST = {"steps": 2, "batch_size": 2, "num_examples": 8, "eval_num_prompts": 0, "progress": False}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+TEACHER_GUIDANCE = 3.0  # not SD's 7.5, so that inheriting it shows
 
 
 def sd1_pipeline() -> StableDiffusionPipeline:
@@ -49,6 +51,7 @@ def teacher():
 def teacher_dir(tmp_path_factory, teacher):
     directory = tmp_path_factory.mktemp("teacher")
     teacher.save_pretrained(directory)
+    write_recommended_guidance(directory, TEACHER_GUIDANCE)
     return directory
 
 
@@ -300,6 +303,8 @@ def test_distill_writes_a_plain_diffusers_student(tmp_path, teacher_dir, plans, 
     assert list(evaluation) == ["teacher", "student_before", "student_after", "student_after_ema", "settings"]
     assert {"attribute_accuracy", "clip_score"} <= set(evaluation["student_after"])
     assert evaluation["settings"]["num_prompts"] == 2
+    # teacher and students are sampled at the teacher's guidance, and the saved student keeps it
+    assert evaluation["settings"]["guidance"] == recommended_guidance(str(out / "student")) == TEACHER_GUIDANCE
 
 
 def test_folder_data_from_the_latent_cache(tmp_path, teacher_dir, plans):

@@ -3,12 +3,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import stand_ins
+from prunekit.data import shapes
 from prunekit.evaluate import evaluate
 from prunekit.errors import PrunekitError
-from prunekit.generate import generate, image_seeds
-from prunekit.models import ASSETS
+from prunekit.generate import generate, generate_latents, image_seeds
+from prunekit.models import ASSETS, load_pipeline, recommended_guidance, write_recommended_guidance
 
 SHAPES_KEYS = {"attribute_accuracy", "clip_score", "clip_score_real", "clip_score_ratio", "num_prompts", "steps",
                "guidance", "seed", "seconds_per_image", "prompts", "clip_model"}
@@ -43,6 +45,23 @@ def test_shapes_evaluation_from_a_directory(pipe_dir, clip_dir):
     assert (result["num_prompts"], result["steps"], result["guidance"], result["seed"]) == (3, 2, 7.5, 0)
     assert result["seconds_per_image"] > 0 and result["prompts"] == "shapes"
     json.dumps(result, allow_nan=False)
+
+
+def test_guidance_defaults_to_the_pipelines_recommended_scale(pipe, tmp_path, clip_dir):
+    pipe.save_pretrained(tmp_path)
+    write_recommended_guidance(tmp_path, 2.0)
+    assert evaluate(str(tmp_path), num_prompts=2, clip_model=str(clip_dir), **FAST)["guidance"] == 2.0
+    loaded, prompts, seeds = load_pipeline(str(tmp_path)), ["a large blue star in the top left"], image_seeds(0, 1)
+    default = generate_latents(loaded, prompts, seeds, steps=2, progress=False)
+    assert torch.equal(default, generate_latents(loaded, prompts, seeds, steps=2, guidance=2.0, progress=False))
+    assert not torch.equal(default, generate_latents(loaded, prompts, seeds, steps=2, guidance=7.5, progress=False))
+
+
+def test_training_combinations_are_scored_like_held_out_ones(pipe, clip_dir, monkeypatch):
+    asked, real = [], shapes.prompts
+    monkeypatch.setattr(shapes, "prompts", lambda split, n, seed: asked.append(split) or real(split, n, seed))
+    result = evaluate(pipe, prompts="shapes-train", num_prompts=2, clip_model=str(clip_dir), **FAST)
+    assert set(result) == SHAPES_KEYS and asked == ["train"] and result["prompts"] == "shapes-train"
 
 
 def test_results_do_not_depend_on_batch_size(pipe, clip_dir):
@@ -97,3 +116,17 @@ def test_unknown_model(clip_dir):
 def test_bundled_tiny_sd():
     result = evaluate("tiny-sd", num_prompts=2, **FAST)
     assert set(result) == SHAPES_KEYS and result["clip_model"] == "tiny-clip"
+
+
+def test_guidance_sweep_chooses_on_training_prompts_and_records_the_choice(pipe, clip_dir, tmp_path, analysis_script):
+    script, model = analysis_script("guidance_sweep"), str(tmp_path / "pipe")
+    pipe.save_pretrained(model)
+    rows = [{"prompts": "shapes-train", "guidance": 1.5, "all": 0.4, "clip_score_ratio": 0.9},
+            {"prompts": "shapes-train", "guidance": 3.0, "all": 0.4, "clip_score_ratio": 0.95},
+            {"prompts": "shapes", "guidance": 1.5, "all": 0.9, "clip_score_ratio": 0.99}]
+    assert script.choose(rows) == 3.0  # held-out numbers never decide; ties go to the CLIP ratio
+    chosen = script.main(["--model", model, "--clip-model", str(clip_dir), "--guidances", "1,3", "--num-prompts", "2",
+                          "--steps", "2", "--write", "--out", str(tmp_path / "report")])
+    assert recommended_guidance(model) == chosen in (1.0, 3.0)
+    table = (tmp_path / "report" / "table.csv").read_text().splitlines()
+    assert len(table) == 5 and table[0].startswith("prompts,guidance,color,shape,position,size,all")

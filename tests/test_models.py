@@ -62,3 +62,18 @@ def test_hub_weights_fail_fast_and_clearly_offline(monkeypatch, tmp_path, offlin
         with pytest.raises(PrunekitError, match="local directory"):
             load()
         assert time.perf_counter() - start < 10
+
+
+def test_recommended_guidance_comes_from_the_pipeline_directory(tmp_path):
+    assert models.recommended_guidance("sd-v1-4") == models.SD_GUIDANCE == 7.5  # hub models: SD's scale
+    assert models.recommended_guidance(str(tmp_path)) == 7.5  # a directory without prunekit.json
+    models.write_recommended_guidance(tmp_path, 1.5)
+    assert models.recommended_guidance(str(tmp_path)) == 1.5
+
+    class Loaded:  # a loaded pipeline knows the directory it came from
+        name_or_path = str(tmp_path)
+    assert models.recommended_guidance(Loaded()) == 1.5
+    for bad in ('{"guidance_scale": 0.5}', '{"guidance": 2}', "[2]", "not json"):
+        (tmp_path / models.SAMPLING_FILE).write_text(bad)
+        with pytest.raises(PrunekitError, match="guidance_scale of at least 1"):
+            models.recommended_guidance(str(tmp_path))

@@ -1,6 +1,5 @@
 """The sensitivity sweep on tiny random pipelines: run directory, resume, refusal, bad input, proxy, distribution."""
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -334,17 +333,8 @@ def test_two_processes_write_the_same_table_as_one(tmp_path, pipe_dir, clip_dir)
 
 # -- the analysis scripts, on the stand-in pipeline ---------------------------------------------------------------
 
-def _script(name: str, monkeypatch):
-    """An analyses/ script as a module; the folder goes on sys.path, as it does when the script is run."""
-    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "analyses" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_bench_script_prints_the_three_ratios(tmp_path, pipe_dir, clip_dir, capsys, monkeypatch):
-    result = _script("bench_sensitivity", monkeypatch).main(
+def test_bench_script_prints_the_three_ratios(tmp_path, pipe_dir, clip_dir, capsys, analysis_script):
+    result = analysis_script("bench_sensitivity").main(
         ["--model", pipe_dir, "--clip-model", clip_dir, "--num-prompts", "4", "--steps", "1",
          "--units", "mid,up1.pair1", "--naive-units", "1", "--out", str(tmp_path)])
     assert set(result["ratios"]) == {"full / floor", "naive / full", "full / proxy"}
@@ -352,9 +342,10 @@ def test_bench_script_prints_the_three_ratios(tmp_path, pipe_dir, clip_dir, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ratios.png", "table.csv", "table.md"]
 
 
-def test_proxy_vs_full_script_writes_its_report(tmp_path, pipe_dir, clip_dir, monkeypatch):
-    _script("proxy_vs_full", monkeypatch).main(["--model", pipe_dir, "--clip-model", clip_dir, "--num-prompts", "4", "--steps", "1",
-                                   "--latents", "rendered", "--timesteps", "1,2", "--out", str(tmp_path)])
+def test_proxy_vs_full_script_writes_its_report(tmp_path, pipe_dir, clip_dir, analysis_script):
+    analysis_script("proxy_vs_full").main(["--model", pipe_dir, "--clip-model", clip_dir, "--num-prompts", "4",
+                                           "--steps", "1", "--latents", "rendered", "--timesteps", "1,2",
+                                           "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proxy_vs_full.png", "summary.md", "units.csv"]
     assert "| rendered, K=1 |" in (tmp_path / "summary.md").read_text()
 

@@ -22,6 +22,7 @@ from prunekit.distill.features import feature_pairs
 from prunekit.distill.losses import FEAT_NORMS, Weights
 from prunekit.distill.trainer import DTYPES, Distiller, TrainConfig
 from prunekit.errors import PrunekitError
+from prunekit.models import load_pipeline, recommended_guidance, write_recommended_guidance
 
 EVAL_KEYS = ("attribute_accuracy", "clip_score", "clip_score_real", "clip_score_ratio", "seconds_per_image")
 
@@ -41,7 +42,6 @@ def _check(steps, batch_size, grad_accum, checkpoint_every, feat_norm, mixed_pre
 
 def _teacher(plan_path, teacher: str | None):
     """The plan, checked against the teacher's U-Net, and the teacher pipeline (float32, CPU)."""
-    from prunekit.models import load_pipeline
     from prunekit.plan import Plan
 
     plan = Plan.load(plan_path)
@@ -54,12 +54,13 @@ def _teacher(plan_path, teacher: str | None):
     return plan, pipe, model
 
 
-def _evaluate(pipe, device, prompts, num_prompts: int, steps: int, clip_model, seed: int) -> tuple[dict, dict]:
+def _evaluate(pipe, device, prompts, num_prompts: int, steps: int, guidance: float, clip_model,
+              seed: int) -> tuple[dict, dict]:
     """The metrics of `pipe` (for eval.json) and the settings they were measured with."""
     from prunekit.evaluate import evaluate
 
-    result = evaluate(pipe, prompts=prompts, num_prompts=num_prompts, seed=seed, steps=steps, device=str(device),
-                      clip_model=clip_model, progress=False)
+    result = evaluate(pipe, prompts=prompts, num_prompts=num_prompts, seed=seed, steps=steps, guidance=guidance,
+                      device=str(device), clip_model=clip_model, progress=False)
     settings = {key: value for key, value in result.items() if key not in EVAL_KEYS}
     return {key: result[key] for key in EVAL_KEYS if key in result}, settings
 
@@ -116,11 +117,10 @@ def _accelerator(out: Path, mixed_precision: str):
 
 def _save(out: Path, teacher_name: str, trained, ema_model, evaluation: _Evaluation) -> dict:
     """Write out/student (and out/student_ema), score them into eval.json; returns the summary's entries."""
-    from prunekit.models import load_pipeline
-
     final = load_pipeline(teacher_name)  # the teacher's parts as saved (float32), not as cast for training
     student_pipe = _pipeline(final, trained.to("cpu", torch.float32))
     student_pipe.save_pretrained(out / "student", safe_serialization=True)
+    write_recommended_guidance(out / "student", recommended_guidance(teacher_name))  # sampled as its teacher
     evaluation.add("student_after", lambda: student_pipe)
     saved = {"student_ema": None}
     if ema_model is not None:
@@ -193,8 +193,9 @@ def distill(plan: str | Path, data: str = SHAPES, out: str | Path = "distill", t
 
     enabled = main and eval_num_prompts > 0
     prompts = _eval_prompts(eval_prompts, data, dataset, out, eval_num_prompts) if enabled else None
+    guidance = recommended_guidance(teacher_name)  # teacher and students are all sampled at the teacher's scale
     evaluation = _Evaluation(out / "eval.json", enabled, lambda p: _evaluate(
-        p, accelerator.device, prompts, eval_num_prompts, eval_steps, eval_clip_model, seed))
+        p, accelerator.device, prompts, eval_num_prompts, eval_steps, guidance, eval_clip_model, seed))
     evaluation.add("teacher", lambda: pipe)
     evaluation.add("student_before", lambda: _pipeline(pipe, student))
     pipe.to("cpu")  # the evaluation ran on the device in float32; training places and casts what it needs

@@ -131,8 +131,9 @@ def measurer(model: str = "tiny-sd", sensitivity=None, num_prompts: int = DEFAUL
     """A Measure for `model`: its pipeline loaded, `num_prompts` prompts encoded, its baseline generated.
 
     Arguments left None come from the sensitivity run `sensitivity` (runs/NAME) if given, else from the sweep's
-    defaults (prunekit.sensitivity.sensitivity: shapes prompts for tiny-sd, 25 steps, guidance 7.5, seed 0,
-    metrics clip and teacher plus attributes for shapes prompts, so the rule is -delta_clip_score).
+    defaults (prunekit.sensitivity.sensitivity: shapes prompts for tiny-sd, 25 steps, the model's recommended
+    guidance, seed 0, metrics clip and teacher plus attributes for shapes prompts, so the rule is
+    -delta_clip_score).
     """
     from prunekit.generate import image_seeds
     from prunekit.metrics import clip_score_metric
@@ -143,12 +144,12 @@ def measurer(model: str = "tiny-sd", sensitivity=None, num_prompts: int = DEFAUL
 
     given = {"prompts": prompts, "steps": steps, "guidance": guidance, "seed": seed, "clip_model": clip_model,
              "dtype": dtype, "metrics": metrics}
-    chosen = {"steps": 25, "guidance": 7.5, "seed": 0, "dtype": "float32",
+    chosen = {"steps": 25, "seed": 0, "dtype": "float32",
               **{k: v for k, v in _run_arguments(sensitivity).items() if v is not None},
               **{k: v for k, v in given.items() if v is not None}}
     settings = resolve(model, out=str(sensitivity or ""), mode="full", metrics=chosen.get("metrics"),
                        prompts=chosen.get("prompts"), num_prompts=num_prompts, steps=chosen["steps"],
-                       guidance=chosen["guidance"], seed=chosen["seed"], batch_size=batch_size, device=device,
+                       guidance=chosen.get("guidance"), seed=chosen["seed"], batch_size=batch_size, device=device,
                        dtype=chosen["dtype"], clip_model=chosen.get("clip_model"))
     clip = clip_score_metric(settings.clip_model, device) if "clip" in settings.metrics else None
     pipe = pipelines.load(settings, device)

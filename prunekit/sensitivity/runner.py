@@ -26,7 +26,7 @@ THUMBNAILS = 4  # prompts per unit whose images are kept for the report
 
 def sensitivity(model: str = "tiny-sd", out: str = "runs/sensitivity", granularity: str = "pair", mode: str = "full",
                 metrics=None, prompts: str | None = None, num_prompts: int = 32, steps: int = 25,
-                guidance: float = 7.5, seed: int = 0, batch_size: int | None = None, device: str = "cpu",
+                guidance: float | None = None, seed: int = 0, batch_size: int | None = None, device: str = "cpu",
                 dtype: str = "float32", init: str = "pretrained", units=None, timesteps: int = 4,
                 proxy_latents: str | None = None, clip_model: str | None = None,
                 progress: bool = True) -> pd.DataFrame:
@@ -44,7 +44,8 @@ def sensitivity(model: str = "tiny-sd", out: str = "runs/sensitivity", granulari
             teacher, plus attributes for captioned-shapes prompts; teacher alone for random weights).
         prompts: `shapes`, `everyday` or a file of one prompt per line (default: shapes for tiny-sd, else everyday).
         num_prompts: how many prompts (the first of the set; shapes prompts ordered by `seed`).
-        steps, guidance: sampling steps of the pipeline's scheduler and classifier-free guidance scale.
+        steps, guidance: sampling steps of the pipeline's scheduler and classifier-free guidance scale (default:
+            the model's recommended one, prunekit.models.recommended_guidance).
         seed: seeds every image's noise (prunekit.generate.image_seeds), the proxy's noise and random weights.
         batch_size: prompts per batch (default: all at once).
         device, dtype: where and in which precision to run (`float32`, `float16`, `bfloat16`).

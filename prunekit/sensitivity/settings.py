@@ -14,7 +14,7 @@ import torch
 from prunekit.errors import PrunekitError
 from prunekit.graph import GRANULARITIES, Unit, enumerate_units
 from prunekit.metrics import BUNDLED_CLIP, DEFAULT_CLIP, check_metrics
-from prunekit.models import build_unet_meta, fingerprint, unet_config
+from prunekit.models import build_unet_meta, fingerprint, recommended_guidance, unet_config
 from prunekit.sensitivity import prompts as prompt_sets
 
 MODES = ("full", "proxy")
@@ -175,7 +175,7 @@ def _metrics(metrics, mode: str, init: str, shapes_prompts: bool) -> tuple[str, 
 
 
 def resolve(model: str = "tiny-sd", out: str = "runs/sensitivity", granularity: str = "pair", mode: str = "full",
-            metrics=None, prompts: str | None = None, num_prompts: int = 32, steps: int = 25, guidance: float = 7.5,
+            metrics=None, prompts: str | None = None, num_prompts: int = 32, steps: int = 25, guidance: float | None = None,
             seed: int = 0, batch_size: int | None = None, device: str = "cpu", dtype: str = "float32",
             init: str = "pretrained", units=None, timesteps: int = 4, proxy_latents: str | None = None,
             clip_model: str | None = None) -> Settings:
@@ -216,6 +216,7 @@ def resolve(model: str = "tiny-sd", out: str = "runs/sensitivity", granularity: 
     config = unet_config(model)
     _check_unet(model, config)
     selected = _units(config, granularity, _names(units))
-    return Settings(model, str(out), granularity, mode, chosen, source, tuple(texts), steps, float(guidance), seed,
+    guidance = recommended_guidance(model) if guidance is None else float(guidance)
+    return Settings(model, str(out), granularity, mode, chosen, source, tuple(texts), steps, guidance, seed,
                     batch_size, device, dtype, init, selected, units is not None, timesteps, proxy_latents,
                     clip_model, config)
