@@ -91,6 +91,14 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path):
     assert torch.equal(more.vae.decoder.conv_out.weight, first.vae.decoder.conv_out.weight)
     assert not torch.equal(more.unet.conv_in.weight, first.unet.conv_in.weight)
 
+    # fine-tuning the decoder alone leaves the encoder, so the continued U-Net's latents, untouched
+    _one_thread_main(["--out", str(tmp_path / "decoder"), "--preset", "smoke", "--init",
+                      str(tmp_path / "more" / "tiny-sd"), "--unet-steps", "0", "--decoder-steps", "2"])
+    tuned = StableDiffusionPipeline.from_pretrained(tmp_path / "decoder" / "tiny-sd", local_files_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(tuned.vae.encoder.parameters(), more.vae.encoder.parameters()))
+    assert not torch.equal(tuned.vae.decoder.conv_out.weight, more.vae.decoder.conv_out.weight)
+    assert torch.equal(tuned.unet.conv_in.weight, more.unet.conv_in.weight)
+
 
 def test_init_must_be_a_saved_pipeline(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -140,7 +140,8 @@ def foreground_weight(pixels: torch.Tensor, shape_weight: float) -> torch.Tensor
 
 
 def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, lr: float, kl_weight: float,
-              shape_weight: float, seed: int, device: torch.device, bf16: bool, log_every: int) -> None:
+              shape_weight: float, seed: int, device: torch.device, bf16: bool, log_every: int,
+              decoder_only: bool = False) -> None:
     """Reconstruction (L1 + MSE, `shape_weight` times heavier on the shape) through the posterior
     mean, plus a small KL term. The shape covers 2-20% of an image: unweighted, a short run learns the
     background and leaves the shapes' colours washed out.
@@ -148,22 +149,29 @@ def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, l
     Decoding the mean rather than a sample: with the posterior's initial unit variance, sampled
     latents drown the colour signal and a short run plateaus with wrong shape colours (measured:
     colour judged right on 13% of reconstructions after 700 steps). The U-Net learns the means too.
+
+    `decoder_only` trains the decoder alone: the encoder, so the latents a U-Net learnt, stay as they are.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     vae.to(device).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    progress = Progress("vae", steps, log_every)
+    params = [p for name, p in vae.named_parameters()
+              if not decoder_only or name.startswith(("decoder.", "post_quant_conv."))]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    progress = Progress("vae decoder" if decoder_only else "vae", steps, log_every)
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, steps, max(1, steps // 20))
         pixels = images.batch(torch.randint(len(images), (batch_size,), generator=generator), device)
         with autocast(device, bf16):
-            posterior = vae.encode(pixels).latent_dist
+            with torch.no_grad() if decoder_only else nullcontext():
+                posterior = vae.encode(pixels).latent_dist
             recon = vae.decode(posterior.mode()).sample.float()
         error = (recon - pixels).abs() + (recon - pixels).pow(2)
-        loss = (foreground_weight(pixels, shape_weight) * error).mean() + kl_weight * posterior.kl().mean()
-        optimizer_step(optimizer, loss, vae.parameters())
+        loss = (foreground_weight(pixels, shape_weight) * error).mean()
+        if not decoder_only:
+            loss = loss + kl_weight * posterior.kl().mean()
+        optimizer_step(optimizer, loss, params)
         progress.update(step, loss.item())
     vae.eval()
 

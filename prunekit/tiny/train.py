@@ -7,6 +7,8 @@ and at the end. DIR/train_args.json records the resolved arguments, DIR/metrics.
 
 `--init PIPELINE` continues a saved tiny-sd instead: its VAE is kept (tiny-clip is not retrained), the
 latent pool is encoded with it, and its U-Net and text encoder train for --unet-steps more steps.
+`--decoder-steps N` fine-tunes the VAE's decoder alone before the U-Net stage; its encoder stays fixed,
+so a continued U-Net's latents keep their meaning.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ DEFAULTS = {
     "init": None, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "max_unet_minutes": None,
+    "decoder_steps": 0, "decoder_lr": 5e-4,
 }
 
 
@@ -66,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
         parser.add_argument(f"--{stage}-steps", type=int, help=f"{stage} optimizer steps")
         parser.add_argument(f"--{stage}-batch", type=int, help=f"{stage} batch size")
         parser.add_argument(f"--{stage}-lr", type=float, help=f"{stage} peak learning rate (AdamW)")
+    parser.add_argument("--decoder-steps", type=int, help="then fine-tune the VAE's decoder alone for this many "
+                                                          "steps (the encoder, latents and U-Net stay valid; default 0)")
+    parser.add_argument("--decoder-lr", type=float, help="peak learning rate of the decoder fine-tuning (5e-4)")
     parser.add_argument("--vae-kl", type=float, help="weight of the VAE's KL term")
     parser.add_argument("--vae-shape-weight", type=float, help="VAE loss weight of shape pixels over background")
     parser.add_argument("--unet-warmup", type=int, help="U-Net learning-rate warmup steps")
@@ -188,6 +194,11 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         vae, text_model, unet, pool, scaling = train_from_scratch(args, tokenizer, train_images, heldout_images,
                                                                   out, device, bf16, log)
+    if args["decoder_steps"]:
+        before = stages.vae_check(vae, heldout_images, device)
+        stages.train_vae(vae, train_images, args["decoder_steps"], args["vae_batch"], args["decoder_lr"], 0.0,
+                         args["vae_shape_weight"], seed + 8, device, bf16, args["log_every"], decoder_only=True)
+        log("vae decoder", heldout_before=before, heldout=stages.vae_check(vae, heldout_images, device))
     vae.to("cpu")
 
     def snapshot(unet_model, text, step: int) -> None:
