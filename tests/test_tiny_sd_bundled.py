@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from prunekit.graph import GRANULARITIES, enumerate_units
-from prunekit.models import ASSETS, unet_config
+from prunekit.models import ASSETS, recommended_guidance, unet_config
 from prunekit.plan import PRESETS, make_preset
 
 MB = 1024 * 1024
@@ -18,6 +18,11 @@ def test_assets_are_shipped_in_safetensors_within_size_limits():
     assert max(path.stat().st_size for path in files) < 16 * MB
     assert sum(path.stat().st_size for path in files) < 40 * MB
     assert (ASSETS / "tiny-sd" / "model_index.json").is_file() and (ASSETS / "tiny-sd" / "README.md").is_file()
+
+
+def test_tiny_sd_samples_by_default_at_the_guidance_its_model_card_states():
+    guidance = recommended_guidance("tiny-sd")  # from prunekit/assets/tiny-sd/prunekit.json
+    assert f"recommended guidance: {guidance:g}" in (ASSETS / "tiny-sd" / "README.md").read_text()
 
 
 @pytest.mark.parametrize("granularity", GRANULARITIES)
