@@ -1,5 +1,6 @@
 """The tiny-sd tokenizer and the shortened (smoke) form of its training command."""
 import json
+import math
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from prunekit.tiny import architecture
+from prunekit.tiny.stages import AttributeProbe
 from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
 from prunekit.tiny.train import main
 
@@ -80,10 +82,11 @@ def test_smoke_training_saves_loadable_models(tmp_path):
     assert out.logits_per_image.shape == (1, 1)
 
 
-def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path):
+def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     _one_thread_main(["--out", str(tmp_path / "first"), "--preset", "smoke"])
     metrics = _one_thread_main(["--out", str(tmp_path / "more"), "--preset", "smoke", "--seed", "1",
-                                "--init", str(tmp_path / "first" / "tiny-sd")])
+                                "--init", str(tmp_path / "first" / "tiny-sd"), "--probe-weight", "0.05"])
+    assert " probe " in capsys.readouterr().out
     assert set(metrics) == {"images", "init", "unet"} and not (tmp_path / "more" / "tiny-clip").exists()
     first, more = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
                    for run in ("first", "more"))
@@ -98,6 +101,26 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(tuned.vae.encoder.parameters(), more.vae.encoder.parameters()))
     assert not torch.equal(tuned.vae.decoder.conv_out.weight, more.vae.decoder.conv_out.weight)
     assert torch.equal(tuned.unet.conv_in.weight, more.unet.conv_in.weight)
+
+
+def test_attribute_probe_loss_falls_only_by_separating_captions():
+    left, right = CAPTION, CAPTION.replace("left", "right")
+    torch.manual_seed(0)
+    probe = AttributeProbe(width=16, captions=[left, right]).requires_grad_(False)
+    assert probe.classes.tolist() == [[0, 0, 0, 1, 0], [0, 0, 0, 2, 0]]
+    # captions that differ in their column only, encoded alike: the position head cannot beat a coin toss
+    hidden = torch.randn(1, 5, 16).repeat(2, 1, 1).requires_grad_(True)
+    labels = torch.tensor([0, 1])
+    coin_toss = math.log(2) / len(AttributeProbe.FIELDS)
+    before = probe(hidden, labels).item()
+    assert before >= coin_toss
+    optimizer = torch.optim.Adam([hidden], lr=0.05)
+    for _ in range(50):
+        optimizer.zero_grad()
+        probe(hidden, labels).backward()
+        optimizer.step()
+    assert probe(hidden, labels).item() < before - coin_toss / 2
+    assert torch.nn.functional.cosine_similarity(*hidden.mean(dim=1), dim=0).item() < 0.9
 
 
 def test_init_must_be_a_saved_pipeline(tmp_path, capsys):

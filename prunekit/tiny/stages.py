@@ -64,21 +64,22 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
 
 
 class Progress:
-    """Prints one line every `every` steps: stage, step, mean loss since the last line, s/step."""
+    """Prints one line every `every` steps: stage, step, mean losses since the last line, s/step."""
 
     def __init__(self, stage: str, steps: int, every: int):
         self.stage, self.steps, self.every = stage, steps, every
-        self.losses, self.start = [], time.perf_counter()
+        self.losses, self.start = {}, time.perf_counter()
         self.last = self.start
 
-    def update(self, step: int, loss: float) -> None:
-        self.losses.append(loss)
+    def update(self, step: int, loss: float, **other_losses: float) -> None:
+        for name, value in {"loss": loss, **other_losses}.items():
+            self.losses.setdefault(name, []).append(value)
         if (step + 1) % self.every == 0 or step + 1 == self.steps:
-            now = time.perf_counter()
-            print(f"[{self.stage}] step {step + 1}/{self.steps} loss {sum(self.losses) / len(self.losses):.4f} "
-                  f"{(now - self.last) / len(self.losses):.3f} s/step elapsed {(now - self.start) / 60:.1f} min",
-                  flush=True)
-            self.losses, self.last = [], now
+            now, count = time.perf_counter(), len(self.losses["loss"])
+            means = " ".join(f"{name} {sum(values) / len(values):.4f}" for name, values in self.losses.items())
+            print(f"[{self.stage}] step {step + 1}/{self.steps} {means} {(now - self.last) / count:.3f} s/step "
+                  f"elapsed {(now - self.start) / 60:.1f} min", flush=True)
+            self.losses, self.last = {}, now
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
@@ -206,16 +207,45 @@ def encode_pool(vae: AutoencoderKL, images: Images, device: torch.device) -> tor
     return torch.cat(latents)
 
 
+class AttributeProbe(torch.nn.Module):
+    """Cosine classifiers of each caption attribute from the mean of a text encoder's hidden states.
+
+    Its loss can only fall by pulling apart the (normalised) mean hidden states of captions that differ
+    in one attribute, so it keeps the text encoder from merging two words the U-Net has not learnt yet.
+    """
+
+    FIELDS = {"size": shapes.SIZES, "color": shapes.COLORS, "shape": shapes.SHAPES,
+              "position": shapes.POSITIONS, "background": shapes.BACKGROUNDS}
+
+    def __init__(self, width: int, captions: list[str], scale: float = 10.0):
+        super().__init__()
+        self.scale = scale
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(width, len(values), bias=False)
+                                         for values in self.FIELDS.values())
+        parsed = [shapes.parse_caption(caption).as_dict() for caption in captions]
+        classes = [[list(values).index(attrs[field]) for field, values in self.FIELDS.items()] for attrs in parsed]
+        self.register_buffer("classes", torch.tensor(classes, dtype=torch.long))
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the attributes of captions `labels` (indices into `captions`)."""
+        pooled = F.normalize(hidden.float().mean(dim=1), dim=-1)
+        losses = [F.cross_entropy(self.scale * pooled @ F.normalize(head.weight, dim=-1).t(), self.classes[labels, i])
+                  for i, head in enumerate(self.heads)]
+        return torch.stack(losses).mean()
+
+
 def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer: CLIPTokenizer,
                latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
-               caption_dropout: float, min_snr_gamma: float, ema_decay: float, seed: int, device: torch.device,
+               caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
+               device: torch.device,
                bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
                snapshot_minutes: float, max_minutes: float | None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
 
     `latents` are scaled latents, one per example of `images` (whose labels give the captions). A
     `caption_dropout` fraction of captions becomes the empty string, for classifier-free guidance. The
-    per-sample loss is weighted by min(SNR, gamma) / SNR (min-SNR weighting, Hang et al. 2023).
+    per-sample loss is weighted by min(SNR, gamma) / SNR (min-SNR weighting, Hang et al. 2023). With
+    `probe_weight` > 0, an `AttributeProbe` loss on the captioned examples is added at that weight.
     Returns the exponential moving averages of both models' weights (the models themselves when
     `ema_decay` is 0); `snapshot` receives them every `snapshot_minutes`; training stops early once
     `max_minutes` have passed.
@@ -229,7 +259,8 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     latents = latents.to(device)
     models = torch.nn.ModuleList([unet, text_model]).to(device).train()
     averaged = copy.deepcopy(models).eval().requires_grad_(False) if ema_decay > 0 else models
-    params = [p for p in models.parameters() if p.requires_grad]
+    probe = AttributeProbe(text_model.config.hidden_size, images.captions).to(device) if probe_weight > 0 else None
+    params = [p for p in models.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     progress = Progress("unet", steps, log_every)
     start = last_snapshot = time.perf_counter()
@@ -250,12 +281,16 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         snr = alphas[timesteps] / (1 - alphas[timesteps])
         weight = snr.clamp(max=min_snr_gamma) / snr
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        probed = {}
+        if probe is not None and (captioned := labels != empty).any():
+            probed["probe"] = probe(hidden[captioned], labels[captioned])
+            loss = loss + probe_weight * probed["probe"]
         optimizer_step(optimizer, loss, params)
         if ema_decay > 0:
             decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 torch._foreach_lerp_(list(averaged.parameters()), list(models.parameters()), 1 - decay)
-        progress.update(step, loss.item())
+        progress.update(step, loss.item(), **{name: value.item() for name, value in probed.items()})
         now = time.perf_counter()
         if max_minutes is not None and now - start > max_minutes * 60:
             print(f"[unet] stopped after {step + 1} steps: --max-unet-minutes {max_minutes} reached", flush=True)

@@ -48,7 +48,8 @@ PRESETS = {
 DEFAULTS = {
     "init": None, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
-    "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "max_unet_minutes": None,
+    "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0,
+    "max_unet_minutes": None,
     "decoder_steps": 0, "decoder_lr": 5e-4,
 }
 
@@ -81,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--caption-dropout", type=float, help="fraction of empty captions (0.1)")
     parser.add_argument("--min-snr-gamma", type=float, help="min-SNR loss weighting gamma (5)")
     parser.add_argument("--ema-decay", type=float, help="EMA decay of the saved U-Net weights; 0 disables (0.998)")
+    parser.add_argument("--probe-weight", type=float, help="weight of the text encoder's attribute-probe loss, "
+                                                           "which keeps captions' words apart (default 0: off)")
     parser.add_argument("--snapshot-minutes", type=float, help="minutes between pipeline snapshots")
     parser.add_argument("--max-unet-minutes", type=float, help="stop the U-Net early after this long (a safety)")
     parser.add_argument("--log-every", type=int, help="steps between progress lines")
@@ -210,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
         unet, text_model, tokenizer, pool * scaling, train_images, steps=args["unet_steps"],
         batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
-        seed=seed + 7, device=device, bf16=bf16, log_every=args["log_every"], snapshot=snapshot,
-        snapshot_minutes=args["snapshot_minutes"], max_minutes=args["max_unet_minutes"])
+        probe_weight=args["probe_weight"], seed=seed + 7, device=device, bf16=bf16, log_every=args["log_every"],
+        snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"], max_minutes=args["max_unet_minutes"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
     save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / "tiny-sd")
     log("unet", unet_params=count(unet), text_encoder_params=count(text_model), unet_minutes=round(unet_minutes, 2))
