@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from prunekit.tiny import architecture
-from prunekit.tiny.stages import AttributeProbe
+from prunekit.tiny.stages import AttributeProbe, overshoot_latents
 from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
 from prunekit.tiny.train import main
 
@@ -96,11 +96,21 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
 
     # fine-tuning the decoder alone leaves the encoder, so the continued U-Net's latents, untouched
     _one_thread_main(["--out", str(tmp_path / "decoder"), "--preset", "smoke", "--init",
-                      str(tmp_path / "more" / "tiny-sd"), "--unet-steps", "0", "--decoder-steps", "2"])
+                      str(tmp_path / "more" / "tiny-sd"), "--unet-steps", "0", "--decoder-steps", "2",
+                      "--decoder-overshoot", "4"])
     tuned = StableDiffusionPipeline.from_pretrained(tmp_path / "decoder" / "tiny-sd", local_files_only=True)
     assert all(torch.equal(a, b) for a, b in zip(tuned.vae.encoder.parameters(), more.vae.encoder.parameters()))
     assert not torch.equal(tuned.vae.decoder.conv_out.weight, more.vae.decoder.conv_out.weight)
     assert torch.equal(tuned.unet.conv_in.weight, more.unet.conv_in.weight)
+
+
+def test_overshoot_moves_every_other_latent_away_from_the_center_only():
+    latents, center = torch.randn(64, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    moved = overshoot_latents(latents, center, 3.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(moved[::2], latents[::2], atol=1e-6)
+    factor = ((moved - center) / (latents - center)).flatten(1)
+    assert torch.allclose(factor, factor[:, :1].expand_as(factor), atol=1e-4)  # the same direction, only longer
+    assert factor[1::2].min() >= 1 and factor[1::2].max() <= 3 and factor[1::2].std() > 0.3
 
 
 def test_attribute_probe_loss_falls_only_by_separating_captions():

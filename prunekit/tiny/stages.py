@@ -142,7 +142,7 @@ def foreground_weight(pixels: torch.Tensor, shape_weight: float) -> torch.Tensor
 
 def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, lr: float, kl_weight: float,
               shape_weight: float, seed: int, device: torch.device, bf16: bool, log_every: int,
-              decoder_only: bool = False) -> None:
+              decoder_only: bool = False, overshoot: float = 1.0) -> None:
     """Reconstruction (L1 + MSE, `shape_weight` times heavier on the shape) through the posterior
     mean, plus a small KL term. The shape covers 2-20% of an image: unweighted, a short run learns the
     background and leaves the shapes' colours washed out.
@@ -152,6 +152,9 @@ def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, l
     colour judged right on 13% of reconstructions after 700 steps). The U-Net learns the means too.
 
     `decoder_only` trains the decoder alone: the encoder, so the latents a U-Net learnt, stay as they are.
+    With `overshoot` S > 1, half of its latents are first pushed away from the mean latent by a factor drawn
+    from [1, S], still to be decoded as the same image: classifier-free guidance extrapolates along that very
+    direction, and an untaught decoder reads the overshoot as another hue.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -160,6 +163,9 @@ def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, l
               if not decoder_only or name.startswith(("decoder.", "post_quant_conv."))]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     progress = Progress("vae decoder" if decoder_only else "vae", steps, log_every)
+    if overshoot > 1:
+        with torch.no_grad():
+            center = mean_latent(vae, images, device)
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, steps, max(1, steps // 20))
@@ -167,7 +173,10 @@ def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, l
         with autocast(device, bf16):
             with torch.no_grad() if decoder_only else nullcontext():
                 posterior = vae.encode(pixels).latent_dist
-            recon = vae.decode(posterior.mode()).sample.float()
+                latents = posterior.mode()
+                if overshoot > 1:
+                    latents = overshoot_latents(latents, center, overshoot, generator)
+            recon = vae.decode(latents).sample.float()
         error = (recon - pixels).abs() + (recon - pixels).pow(2)
         loss = (foreground_weight(pixels, shape_weight) * error).mean()
         if not decoder_only:
@@ -175,6 +184,20 @@ def train_vae(vae: AutoencoderKL, images: Images, steps: int, batch_size: int, l
         optimizer_step(optimizer, loss, params)
         progress.update(step, loss.item())
     vae.eval()
+
+
+def mean_latent(vae: AutoencoderKL, images: Images, device: torch.device, n: int = 2048) -> torch.Tensor:
+    """The mean latent (1, C, h, w) of the first `n` images: what an unconditional prediction tends to."""
+    return torch.cat([vae.encode(images.batch(torch.arange(start, min(start + 256, n, len(images))), device))
+                      .latent_dist.mode() for start in range(0, min(n, len(images)), 256)]).mean(0, keepdim=True)
+
+
+def overshoot_latents(latents: torch.Tensor, center: torch.Tensor, overshoot: float,
+                      generator: torch.Generator) -> torch.Tensor:
+    """`latents` with every other one moved away from `center` by a factor drawn uniformly from [1, overshoot]."""
+    factor = 1 + (overshoot - 1) * torch.rand(len(latents), 1, 1, 1, generator=generator)
+    factor[::2] = 1.0
+    return center + factor.to(latents.device) * (latents - center)
 
 
 @torch.no_grad()
@@ -237,7 +260,7 @@ class AttributeProbe(torch.nn.Module):
 def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer: CLIPTokenizer,
                latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
-               device: torch.device,
+               device: torch.device, overshoot: float = 1.0,
                bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
                snapshot_minutes: float, max_minutes: float | None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
@@ -245,7 +268,10 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     `latents` are scaled latents, one per example of `images` (whose labels give the captions). A
     `caption_dropout` fraction of captions becomes the empty string, for classifier-free guidance. The
     per-sample loss is weighted by min(SNR, gamma) / SNR (min-SNR weighting, Hang et al. 2023). With
-    `probe_weight` > 0, an `AttributeProbe` loss on the captioned examples is added at that weight.
+    `probe_weight` > 0, an `AttributeProbe` loss on the captioned examples is added at that weight. With
+    `overshoot` S > 1, every other clean latent is pushed from the mean latent by a factor in [1, S] before
+    noising: guidance at 7.5 drives samples out there, and a U-Net that never saw such latents turns their
+    hues (red into yellow) instead of keeping the caption's.
     Returns the exponential moving averages of both models' weights (the models themselves when
     `ema_decay` is 0); `snapshot` receives them every `snapshot_minutes`; training stops early once
     `max_minutes` have passed.
@@ -257,6 +283,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     ids = token_ids(tokenizer, images.captions + [""], device)
     empty = len(images.captions)
     latents = latents.to(device)
+    center = latents.mean(0, keepdim=True)
     models = torch.nn.ModuleList([unet, text_model]).to(device).train()
     averaged = copy.deepcopy(models).eval().requires_grad_(False) if ema_decay > 0 else models
     probe = AttributeProbe(text_model.config.hidden_size, images.captions).to(device) if probe_weight > 0 else None
@@ -274,7 +301,8 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         index, labels, timesteps = index.to(device), labels.to(device), timesteps.to(device)
         clean = latents[index]
         noise = torch.randn(clean.shape, generator=noise_generator, device=device)
-        noisy = scheduler.add_noise(clean, noise, timesteps)
+        pushed = overshoot_latents(clean, center, overshoot, generator) if overshoot > 1 else clean
+        noisy = scheduler.add_noise(pushed, noise, timesteps)
         with autocast(device, bf16):
             hidden = text_model(ids[labels]).last_hidden_state
             pred = unet(noisy, timesteps, hidden).sample.float()

@@ -8,7 +8,8 @@ and at the end. DIR/train_args.json records the resolved arguments, DIR/metrics.
 `--init PIPELINE` continues a saved tiny-sd instead: its VAE is kept (tiny-clip is not retrained), the
 latent pool is encoded with it, and its U-Net and text encoder train for --unet-steps more steps.
 `--decoder-steps N` fine-tunes the VAE's decoder alone before the U-Net stage; its encoder stays fixed,
-so a continued U-Net's latents keep their meaning.
+so a continued U-Net's latents keep their meaning. `--decoder-overshoot S` and `--unet-overshoot S` show the
+decoder and the U-Net latents pushed away from the mean latent, as classifier-free guidance pushes them.
 """
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ PRESETS = {
 DEFAULTS = {
     "init": None, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
-    "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0,
+    "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
     "max_unet_minutes": None,
-    "decoder_steps": 0, "decoder_lr": 5e-4,
+    "decoder_steps": 0, "decoder_lr": 5e-4, "decoder_overshoot": 1.0,
 }
 
 
@@ -73,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decoder-steps", type=int, help="then fine-tune the VAE's decoder alone for this many "
                                                           "steps (the encoder, latents and U-Net stay valid; default 0)")
     parser.add_argument("--decoder-lr", type=float, help="peak learning rate of the decoder fine-tuning (5e-4)")
+    parser.add_argument("--unet-overshoot", type=float,
+                        help="train the U-Net on every other latent pushed up to this many times further from the "
+                             "mean latent, so guided samples stay among latents it knows (default 1: off)")
+    parser.add_argument("--decoder-overshoot", type=float,
+                        help="teach the fine-tuned decoder latents pushed up to this many times further from the "
+                             "mean latent, as classifier-free guidance pushes them (default 1: off)")
     parser.add_argument("--vae-kl", type=float, help="weight of the VAE's KL term")
     parser.add_argument("--vae-shape-weight", type=float, help="VAE loss weight of shape pixels over background")
     parser.add_argument("--unet-warmup", type=int, help="U-Net learning-rate warmup steps")
@@ -200,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args["decoder_steps"]:
         before = stages.vae_check(vae, heldout_images, device)
         stages.train_vae(vae, train_images, args["decoder_steps"], args["vae_batch"], args["decoder_lr"], 0.0,
-                         args["vae_shape_weight"], seed + 8, device, bf16, args["log_every"], decoder_only=True)
+                         args["vae_shape_weight"], seed + 8, device, bf16, args["log_every"], decoder_only=True,
+                         overshoot=args["decoder_overshoot"])
         log("vae decoder", heldout_before=before, heldout=stages.vae_check(vae, heldout_images, device))
     vae.to("cpu")
 
@@ -213,8 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         unet, text_model, tokenizer, pool * scaling, train_images, steps=args["unet_steps"],
         batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
-        probe_weight=args["probe_weight"], seed=seed + 7, device=device, bf16=bf16, log_every=args["log_every"],
-        snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"], max_minutes=args["max_unet_minutes"])
+        probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"], seed=seed + 7, device=device, bf16=bf16,
+        log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
+        max_minutes=args["max_unet_minutes"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
     save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / "tiny-sd")
     log("unet", unet_params=count(unet), text_encoder_params=count(text_model), unet_minutes=round(unet_minutes, 2))
