@@ -85,7 +85,8 @@ def test_smoke_training_saves_loadable_models(tmp_path):
 def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     _one_thread_main(["--out", str(tmp_path / "first"), "--preset", "smoke"])
     metrics = _one_thread_main(["--out", str(tmp_path / "more"), "--preset", "smoke", "--seed", "1",
-                                "--init", str(tmp_path / "first" / "tiny-sd"), "--probe-weight", "0.05"])
+                                "--init", str(tmp_path / "first" / "tiny-sd"), "--probe-weight", "0.05",
+                                "--unet-overshoot", "4"])
     assert " probe " in capsys.readouterr().out
     assert set(metrics) == {"images", "init", "unet"} and not (tmp_path / "more" / "tiny-clip").exists()
     first, more = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
