@@ -104,6 +104,16 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     assert not torch.equal(tuned.vae.decoder.conv_out.weight, more.vae.decoder.conv_out.weight)
     assert torch.equal(tuned.unet.conv_in.weight, more.unet.conv_in.weight)
 
+    # --fresh-unet keeps the VAE and text encoder and starts the U-Net from a seeded initialisation
+    _one_thread_main(["--out", str(tmp_path / "fresh"), "--preset", "smoke", "--init",
+                      str(tmp_path / "more" / "tiny-sd"), "--fresh-unet", "--unet-steps", "0"])
+    fresh = StableDiffusionPipeline.from_pretrained(tmp_path / "fresh" / "tiny-sd", local_files_only=True)
+    torch.manual_seed(6)
+    initial = architecture.unet(more.text_encoder.config.hidden_size)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.unet.parameters(), initial.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.text_encoder.parameters(), more.text_encoder.parameters()))
+    assert torch.equal(fresh.vae.encoder.conv_in.weight, more.vae.encoder.conv_in.weight)
+
 
 def test_overshoot_moves_every_other_latent_away_from_the_center_only():
     latents, center = torch.randn(64, 4, 2, 2), torch.randn(1, 4, 2, 2)
@@ -138,3 +148,9 @@ def test_init_must_be_a_saved_pipeline(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), "--init", str(tmp_path)])
     assert exit_info.value.code == 2 and "is not a saved tiny-sd pipeline" in capsys.readouterr().err
+
+
+def test_fresh_unet_needs_init(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--fresh-unet"])
+    assert exit_info.value.code == 2 and "--fresh-unet needs --init" in capsys.readouterr().err

@@ -6,7 +6,8 @@ once; train the U-Net and its text encoder jointly, saving the pipeline to DIR/t
 and at the end. DIR/train_args.json records the resolved arguments, DIR/metrics.json what was measured.
 
 `--init PIPELINE` continues a saved tiny-sd instead: its VAE is kept (tiny-clip is not retrained), the
-latent pool is encoded with it, and its U-Net and text encoder train for --unet-steps more steps.
+latent pool is encoded with it, and its U-Net and text encoder train for --unet-steps more steps;
+with `--fresh-unet` only the VAE and text encoder are kept and a new U-Net trains from scratch.
 `--decoder-steps N` fine-tunes the VAE's decoder alone before the U-Net stage; its encoder stays fixed,
 so a continued U-Net's latents keep their meaning. `--decoder-overshoot S` and `--unet-overshoot S` show the
 decoder and the U-Net latents pushed away from the mean latent, as classifier-free guidance pushes them.
@@ -47,7 +48,7 @@ PRESETS = {
     },
 }
 DEFAULTS = {
-    "init": None, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
+    "init": None, "fresh_unet": False, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
     "max_unet_minutes": None,
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", required=True, help="output directory (tiny-sd/, tiny-clip/, train_args.json)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full", help="full (default) or smoke (CI)")
     parser.add_argument("--init", help="a saved tiny-sd pipeline to continue: only its U-Net and text encoder train")
+    parser.add_argument("--fresh-unet", action="store_true", default=None,
+                        help="with --init: keep its VAE and text encoder but train a new U-Net from scratch")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="fp32 (default; faster on CPU) or bf16 autocast")
@@ -95,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-unet-minutes", type=float, help="stop the U-Net early after this long (a safety)")
     parser.add_argument("--log-every", type=int, help="steps between progress lines")
     given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
+    if given.get("fresh_unet") and "init" not in given:
+        parser.error("--fresh-unet needs --init: it keeps that pipeline's VAE and text encoder")
     if "init" in given and not (Path(given["init"]) / "model_index.json").is_file():
         parser.error(f"--init {given['init']} is not a saved tiny-sd pipeline (it has no model_index.json)")
     return {**DEFAULTS, **PRESETS[given["preset"]], **given}
@@ -169,8 +174,13 @@ def train_from_scratch(args: dict, tokenizer, train_images, heldout_images, out:
 
     torch.manual_seed(seed + 6)
     text_model = architecture.text_encoder(tokenizer, args["text_width"], args["text_layers"])
+    return vae, text_model, new_unet(args, text_model.config.hidden_size), pool, scaling
+
+
+def new_unet(args: dict, text_width: int) -> UNet2DConditionModel:
+    """A freshly initialised U-Net of --unet-widths attending to a text encoder `text_width` wide."""
     widths = tuple(int(w) for w in args["unet_widths"].split(","))
-    return vae, text_model, architecture.unet(args["text_width"], widths), pool, scaling
+    return architecture.unet(text_width, widths)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -200,7 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
         vae, text_model, unet = load_parts(Path(args["init"]), device)
         pool = stages.encode_pool(vae, train_images, device)
         scaling = vae.config.scaling_factor
-        log("init", source=args["init"], unet_params=count(unet))
+        if args["fresh_unet"]:
+            torch.manual_seed(seed + 6)
+            unet = new_unet(args, text_model.config.hidden_size)
+        log("init", source=args["init"], fresh_unet=args["fresh_unet"], unet_params=count(unet))
     else:
         vae, text_model, unet, pool, scaling = train_from_scratch(args, tokenizer, train_images, heldout_images,
                                                                   out, device, bf16, log)
