@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from prunekit.tiny import architecture
-from prunekit.tiny.stages import AttributeProbe, overshoot_latents
+from prunekit.tiny.stages import AttributeProbe, Images, overshoot_latents, shape_masks
 from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
 from prunekit.tiny.train import main
 
@@ -86,7 +86,7 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     _one_thread_main(["--out", str(tmp_path / "first"), "--preset", "smoke"])
     metrics = _one_thread_main(["--out", str(tmp_path / "more"), "--preset", "smoke", "--seed", "1",
                                 "--init", str(tmp_path / "first" / "tiny-sd"), "--probe-weight", "0.05",
-                                "--unet-overshoot", "4"])
+                                "--unet-overshoot", "4", "--unet-overshoot-shape-only"])
     assert " probe " in capsys.readouterr().out
     assert set(metrics) == {"images", "init", "unet"} and not (tmp_path / "more" / "tiny-clip").exists()
     first, more = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
@@ -124,6 +124,25 @@ def test_overshoot_moves_every_other_latent_away_from_the_center_only():
     assert factor[1::2].min() >= 1 and factor[1::2].max() <= 3 and factor[1::2].std() > 0.3
 
 
+def test_shape_only_overshoot_leaves_the_background_where_it_was():
+    latents, center = torch.randn(8, 4, 2, 2), torch.randn(1, 4, 2, 2)
+    where = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(8, 1, 2, 2)
+    everywhere = overshoot_latents(latents, center, 3.0, torch.Generator().manual_seed(0))
+    moved = overshoot_latents(latents, center, 3.0, torch.Generator().manual_seed(0), where)
+    assert torch.equal(moved[..., 0, 0], everywhere[..., 0, 0])
+    assert torch.allclose(moved[..., 1:, :], latents[..., 1:, :], atol=1e-6)
+    assert torch.allclose(moved[..., 0, 1], latents[..., 0, 1], atol=1e-6)
+
+
+def test_shape_masks_cover_each_shape_and_little_else():
+    images = Images("train", 16, seed=0)
+    masks = shape_masks(images, 16)
+    shape = (images.pixels.short() - images.pixels[:, :, :1, :1].short()).abs().amax(1, keepdim=True) > 0
+    covered = masks.repeat_interleave(4, 2).repeat_interleave(4, 3) > 0
+    assert covered[shape].all() and shape.any()
+    assert 0 < masks.mean() < 0.5 and masks.flatten(1).min(dim=1).values.eq(0).all()
+
+
 def test_attribute_probe_loss_falls_only_by_separating_captions():
     left, right = CAPTION, CAPTION.replace("left", "right")
     torch.manual_seed(0)
@@ -154,3 +173,9 @@ def test_fresh_unet_needs_init(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), "--fresh-unet"])
     assert exit_info.value.code == 2 and "--fresh-unet needs --init" in capsys.readouterr().err
+
+
+def test_shape_only_overshoot_needs_an_overshoot(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--unet-overshoot-shape-only"])
+    assert exit_info.value.code == 2 and "needs --unet-overshoot above 1" in capsys.readouterr().err

@@ -193,11 +193,24 @@ def mean_latent(vae: AutoencoderKL, images: Images, device: torch.device, n: int
 
 
 def overshoot_latents(latents: torch.Tensor, center: torch.Tensor, overshoot: float,
-                      generator: torch.Generator) -> torch.Tensor:
-    """`latents` with every other one moved away from `center` by a factor drawn uniformly from [1, overshoot]."""
+                      generator: torch.Generator, where: torch.Tensor | None = None) -> torch.Tensor:
+    """`latents` with every other one moved away from `center` by a factor drawn uniformly from [1, overshoot];
+    with `where` (n, 1, h, w) in [0, 1], only that part of each latent moves."""
     factor = 1 + (overshoot - 1) * torch.rand(len(latents), 1, 1, 1, generator=generator)
     factor[::2] = 1.0
-    return center + factor.to(latents.device) * (latents - center)
+    factor = factor.to(latents.device)
+    if where is not None:
+        factor = 1 + (factor - 1) * where
+    return center + factor * (latents - center)
+
+
+def shape_masks(images: Images, latent_size: int) -> torch.Tensor:
+    """Where each image's shape lies on the latent grid (n, 1, latent_size, latent_size): 1 on every latent
+    pixel whose patch, or a neighbour's, holds a pixel unlike the image's corner (the uniform background)."""
+    pixels = images.pixels.short()
+    shape = (pixels - pixels[:, :, :1, :1]).abs().amax(dim=1, keepdim=True).gt(0).float()
+    cells = F.adaptive_max_pool2d(shape, latent_size)
+    return F.max_pool2d(cells, 3, stride=1, padding=1)
 
 
 @torch.no_grad()
@@ -260,7 +273,7 @@ class AttributeProbe(torch.nn.Module):
 def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer: CLIPTokenizer,
                latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
-               device: torch.device, overshoot: float = 1.0,
+               device: torch.device, overshoot: float = 1.0, overshoot_shape_only: bool = False,
                bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
                snapshot_minutes: float, max_minutes: float | None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
@@ -271,7 +284,8 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     `probe_weight` > 0, an `AttributeProbe` loss on the captioned examples is added at that weight. With
     `overshoot` S > 1, every other clean latent is pushed from the mean latent by a factor in [1, S] before
     noising: guidance at 7.5 drives samples out there, and a U-Net that never saw such latents turns their
-    hues (red into yellow) instead of keeping the caption's.
+    hues (red into yellow) instead of keeping the caption's. `overshoot_shape_only` pushes only the latent
+    pixels around the shape: pushing the background too left a fresh U-Net's backgrounds gray or brown.
     Returns the exponential moving averages of both models' weights (the models themselves when
     `ema_decay` is 0); `snapshot` receives them every `snapshot_minutes`; training stops early once
     `max_minutes` have passed.
@@ -284,6 +298,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     empty = len(images.captions)
     latents = latents.to(device)
     center = latents.mean(0, keepdim=True)
+    masks = shape_masks(images, latents.shape[-1]) if overshoot > 1 and overshoot_shape_only else None
     models = torch.nn.ModuleList([unet, text_model]).to(device).train()
     averaged = copy.deepcopy(models).eval().requires_grad_(False) if ema_decay > 0 else models
     probe = AttributeProbe(text_model.config.hidden_size, images.captions).to(device) if probe_weight > 0 else None
@@ -301,7 +316,8 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         index, labels, timesteps = index.to(device), labels.to(device), timesteps.to(device)
         clean = latents[index]
         noise = torch.randn(clean.shape, generator=noise_generator, device=device)
-        pushed = overshoot_latents(clean, center, overshoot, generator) if overshoot > 1 else clean
+        where = masks[index.cpu()].to(device) if masks is not None else None
+        pushed = overshoot_latents(clean, center, overshoot, generator, where) if overshoot > 1 else clean
         noisy = scheduler.add_noise(pushed, noise, timesteps)
         with autocast(device, bf16):
             hidden = text_model(ids[labels]).last_hidden_state

@@ -51,6 +51,7 @@ DEFAULTS = {
     "init": None, "fresh_unet": False, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
+    "unet_overshoot_shape_only": False,
     "max_unet_minutes": None,
     "decoder_steps": 0, "decoder_lr": 5e-4, "decoder_overshoot": 1.0,
 }
@@ -80,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--unet-overshoot", type=float,
                         help="train the U-Net on every other latent pushed up to this many times further from the "
                              "mean latent, so guided samples stay among latents it knows (default 1: off)")
+    parser.add_argument("--unet-overshoot-shape-only", action="store_true", default=None,
+                        help="push only the latent pixels around each shape, not the background")
     parser.add_argument("--decoder-overshoot", type=float,
                         help="teach the fine-tuned decoder latents pushed up to this many times further from the "
                              "mean latent, as classifier-free guidance pushes them (default 1: off)")
@@ -100,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
     given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
     if given.get("fresh_unet") and "init" not in given:
         parser.error("--fresh-unet needs --init: it keeps that pipeline's VAE and text encoder")
+    if given.get("unet_overshoot_shape_only") and given.get("unet_overshoot", 1.0) <= 1:
+        parser.error("--unet-overshoot-shape-only needs --unet-overshoot above 1: it says where that push applies")
     if "init" in given and not (Path(given["init"]) / "model_index.json").is_file():
         parser.error(f"--init {given['init']} is not a saved tiny-sd pipeline (it has no model_index.json)")
     return {**DEFAULTS, **PRESETS[given["preset"]], **given}
@@ -234,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
         unet, text_model, tokenizer, pool * scaling, train_images, steps=args["unet_steps"],
         batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
-        probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"], seed=seed + 7, device=device, bf16=bf16,
+        probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"],
+        overshoot_shape_only=args["unet_overshoot_shape_only"], seed=seed + 7, device=device, bf16=bf16,
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
         max_minutes=args["max_unet_minutes"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
