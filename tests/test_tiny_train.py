@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from prunekit.tiny import architecture
-from prunekit.tiny.stages import AttributeProbe, Images, overshoot_latents, shape_masks
+from prunekit.tiny.stages import AttributeProbe, Images, overshoot_latents, shape_masks, training_noise
 from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
 from prunekit.tiny.train import main
 
@@ -86,7 +86,8 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     _one_thread_main(["--out", str(tmp_path / "first"), "--preset", "smoke"])
     metrics = _one_thread_main(["--out", str(tmp_path / "more"), "--preset", "smoke", "--seed", "1",
                                 "--init", str(tmp_path / "first" / "tiny-sd"), "--probe-weight", "0.05",
-                                "--unet-overshoot", "4", "--unet-overshoot-shape-only"])
+                                "--unet-overshoot", "4", "--unet-overshoot-shape-only",
+                                "--offset-noise", "0.1"])
     assert " probe " in capsys.readouterr().out
     assert set(metrics) == {"images", "init", "unet"} and not (tmp_path / "more" / "tiny-clip").exists()
     first, more = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
@@ -173,6 +174,16 @@ def test_fresh_unet_needs_init(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), "--fresh-unet"])
     assert exit_info.value.code == 2 and "--fresh-unet needs --init" in capsys.readouterr().err
+
+
+def test_offset_noise_shifts_each_latent_channel_as_a_whole():
+    shape = torch.Size([512, 4, 16, 16])
+    plain = training_noise(shape, 0.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    offset = training_noise(shape, 0.5, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.equal(plain, training_noise(shape, 0.0, torch.Generator().manual_seed(0), torch.device("cpu")))
+    shift = offset - plain
+    assert torch.allclose(shift, shift[..., :1, :1].expand_as(shift), atol=1e-5)  # one value per latent channel
+    assert abs(shift[..., 0, 0].std().item() - 0.5) < 0.05 and plain.mean(dim=(2, 3)).std() < 0.1
 
 
 def test_shape_only_overshoot_needs_an_overshoot(tmp_path, capsys):

@@ -204,6 +204,16 @@ def overshoot_latents(latents: torch.Tensor, center: torch.Tensor, overshoot: fl
     return center + factor * (latents - center)
 
 
+def training_noise(shape: torch.Size, offset: float, generator: torch.Generator,
+                   device: torch.device) -> torch.Tensor:
+    """Standard normal noise of `shape` (n, c, h, w), plus `offset` times one standard normal value per
+    latent channel (offset noise) when `offset` > 0."""
+    noise = torch.randn(shape, generator=generator, device=device)
+    if offset > 0:
+        noise = noise + offset * torch.randn(*shape[:2], 1, 1, generator=generator, device=device)
+    return noise
+
+
 def shape_masks(images: Images, latent_size: int) -> torch.Tensor:
     """Where each image's shape lies on the latent grid (n, 1, latent_size, latent_size): 1 on every latent
     pixel whose patch, or a neighbour's, holds a pixel unlike the image's corner (the uniform background)."""
@@ -274,7 +284,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
                latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
                device: torch.device, overshoot: float = 1.0, overshoot_shape_only: bool = False,
-               bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
+               offset_noise: float = 0.0, bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
                snapshot_minutes: float, max_minutes: float | None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
 
@@ -285,7 +295,10 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     `overshoot` S > 1, every other clean latent is pushed from the mean latent by a factor in [1, S] before
     noising: guidance at 7.5 drives samples out there, and a U-Net that never saw such latents turns their
     hues (red into yellow) instead of keeping the caption's. `overshoot_shape_only` pushes only the latent
-    pixels around the shape: pushing the background too left a fresh U-Net's backgrounds gray or brown.
+    pixels around the shape. `offset_noise` adds that many standard deviations of one random value per
+    latent channel to the noise (Guttenberg 2023), so the U-Net learns to move a whole latent's mean, as a
+    white or black background needs: SD's schedule leaves the mean of a noised latent almost intact even
+    at its last step, so without it a U-Net takes the mean from the noise and draws mid-tone backgrounds.
     Returns the exponential moving averages of both models' weights (the models themselves when
     `ema_decay` is 0); `snapshot` receives them every `snapshot_minutes`; training stops early once
     `max_minutes` have passed.
@@ -315,7 +328,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         index, labels, timesteps = index.to(device), labels.to(device), timesteps.to(device)
         clean = latents[index]
-        noise = torch.randn(clean.shape, generator=noise_generator, device=device)
+        noise = training_noise(clean.shape, offset_noise, noise_generator, device)
         where = masks[index.cpu()].to(device) if masks is not None else None
         pushed = overshoot_latents(clean, center, overshoot, generator, where) if overshoot > 1 else clean
         noisy = scheduler.add_noise(pushed, noise, timesteps)

@@ -51,7 +51,7 @@ DEFAULTS = {
     "init": None, "fresh_unet": False, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
-    "unet_overshoot_shape_only": False,
+    "unet_overshoot_shape_only": False, "offset_noise": 0.0,
     "max_unet_minutes": None,
     "decoder_steps": 0, "decoder_lr": 5e-4, "decoder_overshoot": 1.0,
 }
@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
                              "mean latent, so guided samples stay among latents it knows (default 1: off)")
     parser.add_argument("--unet-overshoot-shape-only", action="store_true", default=None,
                         help="push only the latent pixels around each shape, not the background")
+    parser.add_argument("--offset-noise", type=float,
+                        help="add this many standard deviations of one value per latent channel to the U-Net's "
+                             "training noise, so it learns white and black backgrounds (default 0: off)")
     parser.add_argument("--decoder-overshoot", type=float,
                         help="teach the fine-tuned decoder latents pushed up to this many times further from the "
                              "mean latent, as classifier-free guidance pushes them (default 1: off)")
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
         probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"],
-        overshoot_shape_only=args["unet_overshoot_shape_only"], seed=seed + 7, device=device, bf16=bf16,
+        overshoot_shape_only=args["unet_overshoot_shape_only"], offset_noise=args["offset_noise"], seed=seed + 7, device=device, bf16=bf16,
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
         max_minutes=args["max_unet_minutes"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
