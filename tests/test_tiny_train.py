@@ -8,7 +8,8 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from prunekit.tiny import architecture
-from prunekit.tiny.stages import AttributeProbe, Images, overshoot_latents, shape_masks, training_noise
+from prunekit.tiny.stages import (AttributeProbe, Images, guidance_tuned_targets, overshoot_latents, shape_masks,
+                                  training_noise)
 from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
 from prunekit.tiny.train import main
 
@@ -87,7 +88,7 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     metrics = _one_thread_main(["--out", str(tmp_path / "more"), "--preset", "smoke", "--seed", "1",
                                 "--init", str(tmp_path / "first" / "tiny-sd"), "--probe-weight", "0.05",
                                 "--unet-overshoot", "4", "--unet-overshoot-shape-only",
-                                "--offset-noise", "0.1"])
+                                "--offset-noise", "0.1", "--tune-guidance", "7.5", "--tune-guidance-like", "3"])
     assert " probe " in capsys.readouterr().out
     assert set(metrics) == {"images", "init", "unet"} and not (tmp_path / "more" / "tiny-clip").exists()
     first, more = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
@@ -190,3 +191,22 @@ def test_shape_only_overshoot_needs_an_overshoot(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), "--unet-overshoot-shape-only"])
     assert exit_info.value.code == 2 and "needs --unet-overshoot above 1" in capsys.readouterr().err
+
+
+def test_guidance_tuned_targets_make_the_tuned_scale_sample_as_the_ordinary_one():
+    generator = torch.Generator().manual_seed(0)
+    noise, unguided = torch.randn(2, 8, 4, 4, 4, generator=generator)
+    target = guidance_tuned_targets(noise, unguided, 7.5, 3.0)
+    assert torch.allclose(unguided + 7.5 * (target - unguided), unguided + 3.0 * (noise - unguided), atol=1e-5)
+    assert torch.allclose(guidance_tuned_targets(noise, unguided, 2.0, 2.0), noise)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--tune-guidance-like", "3"], "--tune-guidance-like needs --tune-guidance"),
+    (["--tune-guidance", "1"], "--tune-guidance must be above 1"),
+    (["--tune-guidance", "7.5", "--tune-guidance-like", "0.5"], "--tune-guidance-like at least 1"),
+])
+def test_tune_guidance_rejects_bad_scales(tmp_path, capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path)] + arguments)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

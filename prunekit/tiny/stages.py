@@ -214,6 +214,14 @@ def training_noise(shape: torch.Size, offset: float, generator: torch.Generator,
     return noise
 
 
+def guidance_tuned_targets(noise: torch.Tensor, unguided: torch.Tensor, guidance: float,
+                           like: float) -> torch.Tensor:
+    """The captioned noise prediction to train towards so that classifier-free guidance at `guidance` samples
+    as an ordinary model would at `like`: with u the empty caption's prediction, u + like / guidance *
+    (noise - u), whence u + guidance * (target - u) = u + like * (noise - u)."""
+    return unguided + like / guidance * (noise - unguided)
+
+
 def shape_masks(images: Images, latent_size: int) -> torch.Tensor:
     """Where each image's shape lies on the latent grid (n, 1, latent_size, latent_size): 1 on every latent
     pixel whose patch, or a neighbour's, holds a pixel unlike the image's corner (the uniform background)."""
@@ -284,7 +292,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
                latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
                device: torch.device, overshoot: float = 1.0, overshoot_shape_only: bool = False,
-               offset_noise: float = 0.0, bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
+               offset_noise: float = 0.0, tune_guidance: tuple[float, float] | None = None, bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
                snapshot_minutes: float, max_minutes: float | None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
 
@@ -299,6 +307,8 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     latent channel to the noise (Guttenberg 2023), so the U-Net learns to move a whole latent's mean, as a
     white or black background needs: SD's schedule leaves the mean of a noised latent almost intact even
     at its last step, so without it a U-Net takes the mean from the noise and draws mid-tone backgrounds.
+    `tune_guidance` (G, S) trains captioned predictions towards `guidance_tuned_targets`, the empty caption's
+    prediction coming from the model being trained, so that sampling at guidance G behaves as at S.
     Returns the exponential moving averages of both models' weights (the models themselves when
     `ema_decay` is 0); `snapshot` receives them every `snapshot_minutes`; training stops early once
     `max_minutes` have passed.
@@ -335,11 +345,19 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         with autocast(device, bf16):
             hidden = text_model(ids[labels]).last_hidden_state
             pred = unet(noisy, timesteps, hidden).sample.float()
+        captioned = labels != empty
+        target = noise
+        if tune_guidance is not None and captioned.any():
+            with torch.no_grad(), autocast(device, bf16):
+                empty_hidden = text_model(ids[empty:]).last_hidden_state.expand(int(captioned.sum()), -1, -1)
+                unguided = unet(noisy[captioned], timesteps[captioned], empty_hidden).sample.float()
+            target = noise.clone()
+            target[captioned] = guidance_tuned_targets(noise[captioned], unguided, *tune_guidance)
         snr = alphas[timesteps] / (1 - alphas[timesteps])
         weight = snr.clamp(max=min_snr_gamma) / snr
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         probed = {}
-        if probe is not None and (captioned := labels != empty).any():
+        if probe is not None and captioned.any():
             probed["probe"] = probe(hidden[captioned], labels[captioned])
             loss = loss + probe_weight * probed["probe"]
         optimizer_step(optimizer, loss, params)

@@ -52,6 +52,7 @@ DEFAULTS = {
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
     "unet_overshoot_shape_only": False, "offset_noise": 0.0,
+    "tune_guidance": None, "tune_guidance_like": 1.0,
     "max_unet_minutes": None,
     "decoder_steps": 0, "decoder_lr": 5e-4, "decoder_overshoot": 1.0,
 }
@@ -86,6 +87,11 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--offset-noise", type=float,
                         help="add this many standard deviations of one value per latent channel to the U-Net's "
                              "training noise, so it learns white and black backgrounds (default 0: off)")
+    parser.add_argument("--tune-guidance", type=float,
+                        help="train captioned predictions so that sampling at this guidance scale behaves as an "
+                             "ordinary model does at --tune-guidance-like (default: off)")
+    parser.add_argument("--tune-guidance-like", type=float,
+                        help="the guidance scale that --tune-guidance's scale should behave like (default 1)")
     parser.add_argument("--decoder-overshoot", type=float,
                         help="teach the fine-tuned decoder latents pushed up to this many times further from the "
                              "mean latent, as classifier-free guidance pushes them (default 1: off)")
@@ -108,6 +114,10 @@ def parse_args(argv: list[str] | None = None) -> dict:
         parser.error("--fresh-unet needs --init: it keeps that pipeline's VAE and text encoder")
     if given.get("unet_overshoot_shape_only") and given.get("unet_overshoot", 1.0) <= 1:
         parser.error("--unet-overshoot-shape-only needs --unet-overshoot above 1: it says where that push applies")
+    if "tune_guidance_like" in given and "tune_guidance" not in given:
+        parser.error("--tune-guidance-like needs --tune-guidance: it says which guidance scale is tuned")
+    if given.get("tune_guidance", 2.0) <= 1 or given.get("tune_guidance_like", 1.0) < 1:
+        parser.error("--tune-guidance must be above 1 and --tune-guidance-like at least 1")
     if "init" in given and not (Path(given["init"]) / "model_index.json").is_file():
         parser.error(f"--init {given['init']} is not a saved tiny-sd pipeline (it has no model_index.json)")
     return {**DEFAULTS, **PRESETS[given["preset"]], **given}
@@ -243,7 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
         probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"],
-        overshoot_shape_only=args["unet_overshoot_shape_only"], offset_noise=args["offset_noise"], seed=seed + 7, device=device, bf16=bf16,
+        overshoot_shape_only=args["unet_overshoot_shape_only"], offset_noise=args["offset_noise"],
+        tune_guidance=(args["tune_guidance"], args["tune_guidance_like"]) if args["tune_guidance"] else None,
+        seed=seed + 7, device=device, bf16=bf16,
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
         max_minutes=args["max_unet_minutes"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
