@@ -17,6 +17,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from prunekit.errors import PrunekitError
+from prunekit.guidance_tuning import TunedGuidance
 
 ASSETS = Path(__file__).parent / "assets"
 SD_GUIDANCE = 7.5  # the classifier-free guidance scale SD-v1.x is sampled at
@@ -163,30 +164,59 @@ def load_unet(model: str, weights: bool = False, dtype: torch.dtype = torch.floa
         where, subfolder="unet", dtype=dtype, local_files_only=local), model)
 
 
+def _sampling_record(model) -> tuple[Path | None, dict]:
+    """The prunekit.json of `model` (a MODEL or a loaded pipeline) and what it holds ({} without one)."""
+    where = model if isinstance(model, str) else getattr(model, "name_or_path", None)
+    if where in ALIASES:
+        where = resolve(where)
+    path = Path(where) / SAMPLING_FILE if where and os.path.isdir(where) else None
+    if path is None or not path.is_file():
+        return None, {}
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise PrunekitError(f"{path} must hold a JSON object with a number guidance_scale of at least 1.")
+    return path, record
+
+
 def recommended_guidance(model) -> float:
     """The classifier-free guidance scale to sample `model` (a MODEL or a loaded pipeline) at by default.
 
     A pipeline directory carries its own in prunekit.json when it was measured to differ (tiny-sd's is in its
     model card); any other model gets SD's 7.5.
     """
-    where = model if isinstance(model, str) else getattr(model, "name_or_path", None)
-    if where in ALIASES:
-        where = resolve(where)
-    path = Path(where) / SAMPLING_FILE if where and os.path.isdir(where) else None
-    if path is None or not path.is_file():
+    path, record = _sampling_record(model)
+    if path is None:
         return SD_GUIDANCE
-    try:
-        guidance = json.loads(path.read_text())["guidance_scale"]
-    except (ValueError, KeyError, TypeError):
-        guidance = None
+    guidance = record.get("guidance_scale")
     if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or guidance < 1:
         raise PrunekitError(f"{path} must hold a JSON object with a number guidance_scale of at least 1.")
     return float(guidance)
 
 
-def write_recommended_guidance(directory: str | Path, guidance: float) -> None:
-    """Record `guidance` as the default scale of the pipeline in `directory` (see recommended_guidance)."""
-    (Path(directory) / SAMPLING_FILE).write_text(json.dumps({"guidance_scale": guidance}, indent=2) + "\n")
+def tuned_guidance(model) -> TunedGuidance | None:
+    """How `model` was guidance-tuned (prunekit.guidance_tuning), from its prunekit.json; None if ordinary."""
+    path, record = _sampling_record(model)
+    tuned = record.get("tuned_guidance")
+    if tuned is None:
+        return None
+    try:
+        return TunedGuidance(float(tuned["scale"]), float(tuned["like"]))
+    except (TypeError, KeyError, ValueError):
+        raise PrunekitError(f"{path}'s tuned_guidance must be an object with numbers scale and like.") from None
+
+
+def write_recommended_guidance(directory: str | Path, guidance: float, tuned: TunedGuidance | None = None) -> None:
+    """Record `guidance` as the default scale of the pipeline in `directory` (see recommended_guidance) and,
+    if given, how it was guidance-tuned; what its prunekit.json held otherwise stays."""
+    path = Path(directory) / SAMPLING_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record["guidance_scale"] = guidance
+    if tuned is not None:
+        record["tuned_guidance"] = tuned.to_json()
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 def load_pipeline(model: str, dtype: torch.dtype = torch.float32):

@@ -21,7 +21,8 @@ from prunekit.distill.data import Captioned, EpochSampler, FolderSource, flips, 
 from prunekit.distill.features import FeatureTaps, feature_pairs, match_points
 from prunekit.distill.losses import Weights, distill_losses, feature_loss, task_target
 from prunekit.errors import PrunekitError
-from prunekit.models import recommended_guidance, write_recommended_guidance
+from prunekit.guidance_tuning import TunedGuidance
+from prunekit.models import recommended_guidance, tuned_guidance, write_recommended_guidance
 from prunekit.plan import Plan, make_preset
 from prunekit.surgery import build_student
 
@@ -325,6 +326,20 @@ def test_plain_fine_tuning_does_not_run_the_teacher(tmp_path, teacher_dir, plans
     assert len({id(model) for model in calls if model.device.type != "meta"}) == 1  # the student only
     rows = (tmp_path / "out" / "logs.csv").read_text().splitlines()
     assert rows[1].split(",")[3:5] == ["0.0", "0.0"]
+
+
+def test_a_guidance_tuned_teacher_passes_its_tuned_task_target_on(tmp_path, teacher, teacher_dir, plans):
+    tuned_dir = tmp_path / "tuned-teacher"
+    teacher.save_pretrained(tuned_dir)
+    write_recommended_guidance(tuned_dir, 7.5, TunedGuidance(7.5, 3.0))
+    runs = {}
+    for name, directory in (("ordinary", teacher_dir), ("tuned", tuned_dir)):
+        distill(plans["bk-small"], "shapes", tmp_path / name, teacher=str(directory), lambda_out=0, lambda_feat=0,
+                **{**FAST, "steps": 1})
+        runs[name] = float((tmp_path / name / "logs.csv").read_text().splitlines()[1].split(",")[2])
+    assert runs["tuned"] != pytest.approx(runs["ordinary"], rel=1e-3)  # same seed and student: only the target differs
+    assert tuned_guidance(str(tmp_path / "tuned" / "student")) == TunedGuidance(7.5, 3.0)
+    assert tuned_guidance(str(tmp_path / "ordinary" / "student")) is None
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, teacher_dir, plans):

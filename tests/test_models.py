@@ -8,6 +8,7 @@ from diffusers import UNet2DConditionModel
 
 from prunekit import models
 from prunekit.errors import PrunekitError
+from prunekit.guidance_tuning import TunedGuidance
 
 SMALL = {"block_out_channels": [32, 64], "norm_num_groups": 8, "cross_attention_dim": 16, "attention_head_dim": 4,
          "sample_size": 8, "layers_per_block": 1,
@@ -77,3 +78,25 @@ def test_recommended_guidance_comes_from_the_pipeline_directory(tmp_path):
         (tmp_path / models.SAMPLING_FILE).write_text(bad)
         with pytest.raises(PrunekitError, match="guidance_scale of at least 1"):
             models.recommended_guidance(str(tmp_path))
+
+
+def test_guidance_tuning_is_recorded_beside_the_scale_and_kept_when_the_scale_changes(tmp_path):
+    assert models.tuned_guidance(str(tmp_path)) is None and models.tuned_guidance("sd-v1-4") is None
+    models.write_recommended_guidance(tmp_path, 7.5, TunedGuidance(7.5, 3.0))
+    models.write_recommended_guidance(tmp_path, 5.0)  # a guidance sweep records another scale
+    assert models.recommended_guidance(str(tmp_path)) == 5.0
+    assert models.tuned_guidance(str(tmp_path)) == TunedGuidance(7.5, 3.0)
+    for bad in ('{"guidance_scale": 2, "tuned_guidance": {"scale": 7.5}}',
+                '{"guidance_scale": 2, "tuned_guidance": 7.5}'):
+        (tmp_path / models.SAMPLING_FILE).write_text(bad)
+        with pytest.raises(PrunekitError, match="tuned_guidance must be an object"):
+            models.tuned_guidance(str(tmp_path))
+    with pytest.raises(PrunekitError, match="scale above 1"):
+        TunedGuidance(1.0, 1.0)
+
+
+def test_a_tuned_target_makes_the_tuned_scale_sample_as_the_ordinary_one():
+    noise, unguided = torch.randn(2, 8, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    target = TunedGuidance(7.5, 3.0).target(noise, unguided)
+    assert torch.allclose(unguided + 7.5 * (target - unguided), unguided + 3.0 * (noise - unguided), atol=1e-5)
+    assert torch.allclose(TunedGuidance(2.0, 2.0).target(noise, unguided), noise)

@@ -7,9 +7,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
+from prunekit.guidance_tuning import TunedGuidance
+from prunekit.models import recommended_guidance, tuned_guidance
 from prunekit.tiny import architecture
-from prunekit.tiny.stages import (AttributeProbe, Images, guidance_tuned_targets, overshoot_latents, shape_masks,
-                                  training_noise)
+from prunekit.tiny.stages import AttributeProbe, Images, overshoot_latents, shape_masks, training_noise
 from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
 from prunekit.tiny.train import main
 
@@ -88,14 +89,18 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     metrics = _one_thread_main(["--out", str(tmp_path / "more"), "--preset", "smoke", "--seed", "1",
                                 "--init", str(tmp_path / "first" / "tiny-sd"), "--probe-weight", "0.05",
                                 "--unet-overshoot", "4", "--unet-overshoot-shape-only",
-                                "--offset-noise", "0.1", "--tune-guidance", "7.5", "--tune-guidance-like", "3"])
-    assert " probe " in capsys.readouterr().out
+                                "--offset-noise", "0.1", "--tune-guidance", "7.5", "--tune-guidance-like", "3",
+                                "--unet-steps", "6", "--unet-stop-step", "2"])
+    log = capsys.readouterr().out
+    assert " probe " in log and "step 2/6" in log and "step 3/6" not in log  # stopped early, on a 6-step schedule
     assert set(metrics) == {"images", "init", "unet"} and not (tmp_path / "more" / "tiny-clip").exists()
     first, more = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
                    for run in ("first", "more"))
     assert more.vae.config.scaling_factor == first.vae.config.scaling_factor
     assert torch.equal(more.vae.decoder.conv_out.weight, first.vae.decoder.conv_out.weight)
     assert not torch.equal(more.unet.conv_in.weight, first.unet.conv_in.weight)
+    assert recommended_guidance(str(tmp_path / "more" / "tiny-sd")) == 7.5
+    assert tuned_guidance(str(tmp_path / "more" / "tiny-sd")) == TunedGuidance(7.5, 3.0)
 
     # fine-tuning the decoder alone leaves the encoder, so the continued U-Net's latents, untouched
     _one_thread_main(["--out", str(tmp_path / "decoder"), "--preset", "smoke", "--init",
@@ -191,14 +196,6 @@ def test_shape_only_overshoot_needs_an_overshoot(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(tmp_path), "--unet-overshoot-shape-only"])
     assert exit_info.value.code == 2 and "needs --unet-overshoot above 1" in capsys.readouterr().err
-
-
-def test_guidance_tuned_targets_make_the_tuned_scale_sample_as_the_ordinary_one():
-    generator = torch.Generator().manual_seed(0)
-    noise, unguided = torch.randn(2, 8, 4, 4, 4, generator=generator)
-    target = guidance_tuned_targets(noise, unguided, 7.5, 3.0)
-    assert torch.allclose(unguided + 7.5 * (target - unguided), unguided + 3.0 * (noise - unguided), atol=1e-5)
-    assert torch.allclose(guidance_tuned_targets(noise, unguided, 2.0, 2.0), noise)
 
 
 @pytest.mark.parametrize("arguments, message", [

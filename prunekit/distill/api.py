@@ -22,7 +22,7 @@ from prunekit.distill.features import feature_pairs
 from prunekit.distill.losses import FEAT_NORMS, Weights
 from prunekit.distill.trainer import DTYPES, Distiller, TrainConfig
 from prunekit.errors import PrunekitError
-from prunekit.models import load_pipeline, recommended_guidance, write_recommended_guidance
+from prunekit.models import load_pipeline, recommended_guidance, tuned_guidance, write_recommended_guidance
 
 EVAL_KEYS = ("attribute_accuracy", "clip_score", "clip_score_real", "clip_score_ratio", "seconds_per_image")
 
@@ -120,7 +120,8 @@ def _save(out: Path, teacher_name: str, trained, ema_model, evaluation: _Evaluat
     final = load_pipeline(teacher_name)  # the teacher's parts as saved (float32), not as cast for training
     student_pipe = _pipeline(final, trained.to("cpu", torch.float32))
     student_pipe.save_pretrained(out / "student", safe_serialization=True)
-    write_recommended_guidance(out / "student", recommended_guidance(teacher_name))  # sampled as its teacher
+    write_recommended_guidance(out / "student", recommended_guidance(teacher_name),  # sampled as its teacher
+                               tuned_guidance(teacher_name))
     evaluation.add("student_after", lambda: student_pipe)
     saved = {"student_ema": None}
     if ema_model is not None:
@@ -203,6 +204,8 @@ def distill(plan: str | Path, data: str = SHAPES, out: str | Path = "distill", t
 
     dtype = DTYPES[mixed_precision]
     encoder = Encoder(pipe, accelerator.device, dtype)
+    tuned = tuned_guidance(teacher_name)
+    tuning = (tuned, encoder.text([""]).float()) if tuned else None  # a tuned student keeps its teacher's target
     if cache_latents:
         if main:
             build_cache(out / "cache", dataset, encoder, cache_key(dataset, str(teacher_name), dtype),
@@ -213,7 +216,7 @@ def distill(plan: str | Path, data: str = SHAPES, out: str | Path = "distill", t
         pipe.text_encoder.to("cpu")
 
     distiller = Distiller(accelerator, student, pipe.unet, pipe.scheduler, encoder, dataset, pairs,
-                          pipe.vae.config.scaling_factor, config, out)
+                          pipe.vae.config.scaling_factor, config, out, tuning)
     state = distiller.run(resume)
     summary = {"out": str(out), "student": str(out / "student"), "student_ema": None, "steps": state.step,
                "seconds": state.seconds, "pairs": pairs, "data": source.description,

@@ -33,6 +33,7 @@ from prunekit.distill.data import EpochSampler
 from prunekit.distill.features import FeatureTaps
 from prunekit.distill.losses import Weights, distill_losses, task_target
 from prunekit.errors import PrunekitError
+from prunekit.guidance_tuning import TunedGuidance
 
 LOG_COLUMNS = ("step", "loss", "loss_task", "loss_out", "loss_feat", "lr", "seconds")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -85,15 +86,19 @@ class Distiller:
         dataset: examples of {"pixel_values", "text"} or of {"moments", "text_embeds"}.
         pairs: (student path, teacher path) of every feature to match (prunekit.distill.features).
         scaling_factor: the VAE's latent scaling factor.
+        tuning: for a guidance-tuned teacher (prunekit.guidance_tuning), its tuning and the empty caption's
+            text embedding (1 x L x D): the task target becomes the tuned one, the student's own empty-caption
+            prediction standing for the unguided one, so the student samples at the teacher's scale as it does.
     """
 
     def __init__(self, accelerator: Accelerator, student: UNet2DConditionModel, teacher: UNet2DConditionModel,
                  scheduler, encoder, dataset, pairs: list[tuple[str, str]], scaling_factor: float,
-                 config: TrainConfig, out: Path):
+                 config: TrainConfig, out: Path, tuning: tuple[TunedGuidance, torch.Tensor] | None = None):
         self.accelerator, self.config, self.out = accelerator, config, Path(out)
         self.device, self.dtype = accelerator.device, DTYPES[accelerator.mixed_precision]
         self.scheduler = DDPMScheduler.from_config(scheduler.config)
         self.encoder, self.pairs, self.scaling_factor = encoder, pairs, scaling_factor
+        self.tuning = (tuning[0], tuning[1].to(self.device)) if tuning else None
         self.teacher = teacher.to(self.device, self.dtype).eval().requires_grad_(False)
         if config.gradient_checkpointing:
             student.enable_gradient_checkpointing()
@@ -135,6 +140,11 @@ class Distiller:
                                   generator=self.generator, device=self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = task_target(self.scheduler, latents, noise, timesteps)
+        if self.tuning is not None:
+            tuned, empty = self.tuning
+            with torch.no_grad():
+                unguided = self.student(noisy, timesteps, empty.expand(len(noisy), -1, -1)).sample
+            target = tuned.target(target, unguided.float())
         weights = self.config.weights
         with self.student_taps.capture() as student_features:
             prediction = self.student(noisy, timesteps, context.float()).sample  # autocast, where on, casts down

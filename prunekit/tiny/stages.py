@@ -20,6 +20,7 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from prunekit import attributes
 from prunekit.data import shapes
+from prunekit.guidance_tuning import TunedGuidance
 from prunekit.tiny.architecture import train_scheduler
 
 
@@ -214,14 +215,6 @@ def training_noise(shape: torch.Size, offset: float, generator: torch.Generator,
     return noise
 
 
-def guidance_tuned_targets(noise: torch.Tensor, unguided: torch.Tensor, guidance: float,
-                           like: float) -> torch.Tensor:
-    """The captioned noise prediction to train towards so that classifier-free guidance at `guidance` samples
-    as an ordinary model would at `like`: with u the empty caption's prediction, u + like / guidance *
-    (noise - u), whence u + guidance * (target - u) = u + like * (noise - u)."""
-    return unguided + like / guidance * (noise - unguided)
-
-
 def shape_masks(images: Images, latent_size: int) -> torch.Tensor:
     """Where each image's shape lies on the latent grid (n, 1, latent_size, latent_size): 1 on every latent
     pixel whose patch, or a neighbour's, holds a pixel unlike the image's corner (the uniform background)."""
@@ -292,8 +285,9 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
                latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
                device: torch.device, overshoot: float = 1.0, overshoot_shape_only: bool = False,
-               offset_noise: float = 0.0, tune_guidance: tuple[float, float] | None = None, bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
-               snapshot_minutes: float, max_minutes: float | None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+               offset_noise: float = 0.0, tuned: TunedGuidance | None = None, bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
+               snapshot_minutes: float, max_minutes: float | None,
+               stop_step: int | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
 
     `latents` are scaled latents, one per example of `images` (whose labels give the captions). A
@@ -307,11 +301,11 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     latent channel to the noise (Guttenberg 2023), so the U-Net learns to move a whole latent's mean, as a
     white or black background needs: SD's schedule leaves the mean of a noised latent almost intact even
     at its last step, so without it a U-Net takes the mean from the noise and draws mid-tone backgrounds.
-    `tune_guidance` (G, S) trains captioned predictions towards `guidance_tuned_targets`, the empty caption's
-    prediction coming from the model being trained, so that sampling at guidance G behaves as at S.
+    `tuned` trains captioned predictions towards its target (prunekit.guidance_tuning), the empty caption's
+    prediction coming from the model being trained.
     Returns the exponential moving averages of both models' weights (the models themselves when
     `ema_decay` is 0); `snapshot` receives them every `snapshot_minutes`; training stops early once
-    `max_minutes` have passed.
+    `max_minutes` have passed, or after `stop_step` steps of the `steps`-step learning-rate schedule.
     """
     scheduler = train_scheduler()
     alphas = scheduler.alphas_cumprod.to(device)
@@ -329,7 +323,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     progress = Progress("unet", steps, log_every)
     start = last_snapshot = time.perf_counter()
-    for step in range(steps):
+    for step in range(steps if stop_step is None else min(steps, stop_step)):
         for group in optimizer.param_groups:
             group["lr"] = lr * lr_factor(step, steps, warmup)
         index = torch.randint(len(latents), (batch_size,), generator=generator)
@@ -347,12 +341,12 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
             pred = unet(noisy, timesteps, hidden).sample.float()
         captioned = labels != empty
         target = noise
-        if tune_guidance is not None and captioned.any():
+        if tuned is not None and captioned.any():
             with torch.no_grad(), autocast(device, bf16):
                 empty_hidden = text_model(ids[empty:]).last_hidden_state.expand(int(captioned.sum()), -1, -1)
                 unguided = unet(noisy[captioned], timesteps[captioned], empty_hidden).sample.float()
             target = noise.clone()
-            target[captioned] = guidance_tuned_targets(noise[captioned], unguided, *tune_guidance)
+            target[captioned] = tuned.target(noise[captioned], unguided)
         snr = alphas[timesteps] / (1 - alphas[timesteps])
         weight = snr.clamp(max=min_snr_gamma) / snr
         loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()

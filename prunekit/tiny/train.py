@@ -28,6 +28,8 @@ import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel
 
+from prunekit.guidance_tuning import TunedGuidance
+from prunekit.models import write_recommended_guidance
 from prunekit.tiny import architecture, stages
 from prunekit.tiny.tokenizer import build_tokenizer, save_tokenizer
 
@@ -53,7 +55,7 @@ DEFAULTS = {
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
     "unet_overshoot_shape_only": False, "offset_noise": 0.0,
     "tune_guidance": None, "tune_guidance_like": 1.0,
-    "max_unet_minutes": None,
+    "max_unet_minutes": None, "unet_stop_step": None,
     "decoder_steps": 0, "decoder_lr": 5e-4, "decoder_overshoot": 1.0,
 }
 
@@ -108,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
                                                            "which keeps captions' words apart (default 0: off)")
     parser.add_argument("--snapshot-minutes", type=float, help="minutes between pipeline snapshots")
     parser.add_argument("--max-unet-minutes", type=float, help="stop the U-Net early after this long (a safety)")
+    parser.add_argument("--unet-stop-step", type=int, help="stop the U-Net after this many steps, keeping the "
+                                                           "learning-rate schedule of --unet-steps (replays a run "
+                                                           "stopped part-way)")
     parser.add_argument("--log-every", type=int, help="steps between progress lines")
     given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
     if given.get("fresh_unet") and "init" not in given:
@@ -147,12 +152,15 @@ def save_clip(model, tokenizer, directory: Path) -> None:
     save_replacing(directory, save)
 
 
-def save_pipeline(vae, text_model, tokenizer, unet, directory: Path) -> None:
-    """The StableDiffusionPipeline directory (safetensors), tokenizer with vocab.json and merges.txt."""
+def save_pipeline(vae, text_model, tokenizer, unet, directory: Path, tuned: TunedGuidance | None = None) -> None:
+    """The StableDiffusionPipeline directory (safetensors), tokenizer with vocab.json and merges.txt; a
+    guidance-tuned U-Net's prunekit.json records its tuning and takes its tuned scale as the default."""
     def save(path: Path) -> None:
         pipe = architecture.pipeline(vae, text_model, tokenizer, unet)
         pipe.save_pretrained(path, safe_serialization=True)
         save_tokenizer(tokenizer, path / "tokenizer")
+        if tuned is not None:
+            write_recommended_guidance(path, tuned.scale, tuned)
 
     save_replacing(directory, save)
 
@@ -243,8 +251,10 @@ def main(argv: list[str] | None = None) -> dict:
         log("vae decoder", heldout_before=before, heldout=stages.vae_check(vae, heldout_images, device))
     vae.to("cpu")
 
+    tuned = TunedGuidance(args["tune_guidance"], args["tune_guidance_like"]) if args["tune_guidance"] else None
+
     def snapshot(unet_model, text, step: int) -> None:
-        save_pipeline(vae, text, tokenizer, unet_model, out / "tiny-sd")
+        save_pipeline(vae, text, tokenizer, unet_model, out / "tiny-sd", tuned)
         print(f"[unet] snapshot of step {step} saved to {out / 'tiny-sd'}", flush=True)
 
     unet_start = time.perf_counter()
@@ -254,12 +264,12 @@ def main(argv: list[str] | None = None) -> dict:
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
         probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"],
         overshoot_shape_only=args["unet_overshoot_shape_only"], offset_noise=args["offset_noise"],
-        tune_guidance=(args["tune_guidance"], args["tune_guidance_like"]) if args["tune_guidance"] else None,
+        tuned=tuned,
         seed=seed + 7, device=device, bf16=bf16,
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
-        max_minutes=args["max_unet_minutes"])
+        max_minutes=args["max_unet_minutes"], stop_step=args["unet_stop_step"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
-    save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / "tiny-sd")
+    save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / "tiny-sd", tuned)
     log("unet", unet_params=count(unet), text_encoder_params=count(text_model), unet_minutes=round(unet_minutes, 2))
     print(f"done: {out / 'tiny-sd'}" + ("" if args["init"] else f" and {out / 'tiny-clip'}"), flush=True)
     return metrics
