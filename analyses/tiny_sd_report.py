@@ -1,7 +1,7 @@
-"""The bundled tiny-sd's quality: `prunekit eval` on held-out prompts, the VAE and scorer checks, a sample grid.
+"""The bundled tiny-sd's quality: `prunekit eval` on held-out prompts, the VAE and scorer checks, sample grids.
 
-Writes reports/tiny-sd/{eval.json, checks.json, samples.png, README.md} (and eval-guidance7.5.json, the issue's
-protocol, when tiny-sd recommends another guidance):
+Writes reports/tiny-sd/{eval.json, checks.json, samples.png, README.md} (and eval-guidance7.5.json and
+samples-guidance7.5.png, the issue's protocol, when tiny-sd recommends another guidance):
 `python analyses/tiny_sd_report.py [--num-prompts 200] [--model tiny-sd]`.
 """
 from __future__ import annotations
@@ -86,8 +86,15 @@ def markdown(results: list[dict], checks: dict) -> str:
     lines += [f"Scorer checks on {checks['images']} held-out images: real "
               + ", ".join(f"{k} {v:.3f}" for k, v in checks["real"].items())
               + "; VAE reconstructions " + ", ".join(f"{k} {v:.3f}" for k, v in checks["vae_reconstructions"].items())
-              + ".", "", f"Samples at guidance {results[0]['guidance']:g}:", "", "![samples](samples.png)", ""]
+              + ".", ""]
+    for i, result in enumerate(results):
+        lines += [f"Samples at guidance {result['guidance']:g}:", "", f"![samples]({grid_name(i, result)})", ""]
     return "\n".join(lines)
+
+
+def grid_name(index: int, result: dict) -> str:
+    """The file of the sample grid of evaluation `index` (samples.png for the recommended guidance)."""
+    return "samples.png" if index == 0 else f"samples-guidance{result['guidance']:g}.png"
 
 
 def main() -> None:
@@ -108,7 +115,8 @@ def main() -> None:
         (out / f"eval-guidance{SD_GUIDANCE:g}.json").write_text(json.dumps(results[1], indent=2))
     checks = scorer_checks(pipe)
     (out / "checks.json").write_text(json.dumps(checks, indent=2))
-    sample_grid(pipe, out / "samples.png", results[0]["guidance"])
+    for i, result in enumerate(results):
+        sample_grid(pipe, out / grid_name(i, result), result["guidance"])
     (out / "README.md").write_text(markdown(results, checks))
     print((out / "README.md").read_text())
 
