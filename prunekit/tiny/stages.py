@@ -285,9 +285,9 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
                latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
                device: torch.device, overshoot: float = 1.0, overshoot_shape_only: bool = False,
-               offset_noise: float = 0.0, tuned: TunedGuidance | None = None, bf16: bool, log_every: int, snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None],
-               snapshot_minutes: float, max_minutes: float | None,
-               stop_step: int | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+               offset_noise: float = 0.0, tuned: TunedGuidance | None = None, bf16: bool, log_every: int,
+               snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None], snapshot_minutes: float,
+               max_minutes: float | None, stop_step: int | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
 
     `latents` are scaled latents, one per example of `images` (whose labels give the captions). A

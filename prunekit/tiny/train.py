@@ -11,6 +11,8 @@ with `--fresh-unet` only the VAE and text encoder are kept and a new U-Net train
 `--decoder-steps N` fine-tunes the VAE's decoder alone before the U-Net stage; its encoder stays fixed,
 so a continued U-Net's latents keep their meaning. `--decoder-overshoot S` and `--unet-overshoot S` show the
 decoder and the U-Net latents pushed away from the mean latent, as classifier-free guidance pushes them.
+`--tune-guidance G --tune-guidance-like S` trains the U-Net so that guidance G samples as an ordinary model
+at S, and records that in the pipeline's prunekit.json (prunekit.guidance_tuning).
 """
 from __future__ import annotations
 
@@ -264,8 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
         probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"],
         overshoot_shape_only=args["unet_overshoot_shape_only"], offset_noise=args["offset_noise"],
-        tuned=tuned,
-        seed=seed + 7, device=device, bf16=bf16,
+        tuned=tuned, seed=seed + 7, device=device, bf16=bf16,
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
         max_minutes=args["max_unet_minutes"], stop_step=args["unet_stop_step"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
