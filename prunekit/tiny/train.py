@@ -13,6 +13,7 @@ so a continued U-Net's latents keep their meaning. `--decoder-overshoot S` and `
 decoder and the U-Net latents pushed away from the mean latent, as classifier-free guidance pushes them.
 `--tune-guidance G --tune-guidance-like S` trains the U-Net so that guidance G samples as an ordinary model
 at S, and records that in the pipeline's prunekit.json (prunekit.guidance_tuning).
+The shipped models come from two runs of this command: prunekit.tiny.recipe.
 """
 from __future__ import annotations
 

@@ -1,0 +1,41 @@
+"""The one-command tiny-sd recipe: its shortened (smoke) form end to end, and its full arguments."""
+import json
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline
+
+from prunekit.guidance_tuning import TunedGuidance
+from prunekit.models import tuned_guidance
+from prunekit.tiny import recipe, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_smoke_recipe_trains_from_scratch_then_tunes_the_result(tmp_path, capsys):
+    model = recipe.main(["--out", str(tmp_path), "--smoke", "--threads", "1"])
+    assert model == tmp_path / "2-tuned" / "tiny-sd" and f"recipe done: {model}" in capsys.readouterr().out
+    base_metrics = json.loads((tmp_path / "1-base" / "metrics.json").read_text())
+    assert {"tiny-clip", "vae", "vae decoder", "unet"} <= set(base_metrics)
+    assert (tmp_path / "1-base" / "tiny-clip" / "model.safetensors").is_file()
+    tuning_args = json.loads((tmp_path / "2-tuned" / "train_args.json").read_text())["args"]
+    assert tuning_args["init"] == str(tmp_path / "1-base" / "tiny-sd") and tuning_args["threads"] == 1
+
+    base, tuned = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
+                   for run in ("1-base", "2-tuned"))
+    assert tuned_guidance(str(model)) == TunedGuidance(7.5, 3.0)
+    assert tuned_guidance(str(tmp_path / "1-base" / "tiny-sd")) is None
+    assert torch.equal(tuned.vae.decoder.conv_out.weight, base.vae.decoder.conv_out.weight)
+    assert not torch.equal(tuned.unet.conv_in.weight, base.unet.conv_in.weight)
+
+
+def test_full_recipe_arguments_are_the_model_cards(tmp_path):
+    (tmp_path / "1-base" / "tiny-sd").mkdir(parents=True)
+    (tmp_path / "1-base" / "tiny-sd" / "model_index.json").write_text("{}")  # the tuning run's --init check
+    base, tuning = (train.parse_args(argv) for argv in recipe.run_arguments(tmp_path, "full", ["--threads", "2"]))
+    assert (base["preset"], base["init"], base["threads"]) == ("full", None, 2)
+    assert (base["decoder_steps"], base["decoder_overshoot"], base["vae_shape_weight"]) == (2500, 8.0, 5.0)
+    assert (base["unet_steps"], base["unet_stop_step"], base["unet_batch"], base["offset_noise"]) == (2000, 1000, 128, 0.2)
+    assert base["unet_overshoot_shape_only"] and base["probe_weight"] == 0.05
+    assert tuning["init"] == str(tmp_path / "1-base" / "tiny-sd") and tuning["seed"] != base["seed"]
+    assert (tuning["tune_guidance"], tuning["tune_guidance_like"], tuning["unet_steps"]) == (7.5, 3.0, 400)
