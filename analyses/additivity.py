@@ -32,11 +32,12 @@ from scipy.stats import pearsonr, spearmanr
 
 from prunekit.errors import PrunekitError
 from prunekit.graph import all_units
-from prunekit.models import unet_config
+from prunekit.models import resolve_model
 from prunekit.plan import PRESETS, preset_remove
 from prunekit.planner.measured import measurer
-from prunekit.planner.objective import Additive, load_sensitivity
-from prunekit.planner.space import DiffusersSpace, Layout
+from prunekit.planner.objective import Additive
+from prunekit.planner.space import DiffusersSpace
+from prunekit.rundir import RunDir
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
@@ -52,13 +53,10 @@ def candidates(space: DiffusersSpace, config: dict, count: int, seed: int) -> li
             continue
         plans[" ".join(remove)] = (f"preset:{name}", remove)
     rng = random.Random(seed)
-    full = space.full()
     for _ in range(100 * count):
         if len(plans) >= count:
             break
-        m, mid = rng.choice(space.cores)
-        stages = [rng.choice(options) for options in space.options[:space.n - m]] + list(full.stages[space.n - m:])
-        remove = space.remove(Layout(m, mid, tuple(stages)))
+        remove = space.remove(space.sample(rng))
         if remove:
             plans.setdefault(" ".join(remove), ("random", remove))
     return list(plans.values())
@@ -104,17 +102,18 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, help="prompts per measurement (default: the run's)")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     parser.add_argument("--seed", type=int, default=0, help="picks the random plans (default 0)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when a GPU is visible)")
     parser.add_argument("--out", default="reports/additivity")
     args = parser.parse_args()
 
-    run = Path(args.sensitivity)
-    info = json.loads((run / "run.json").read_text())
-    model = args.model or info["model"]["name"]
-    config = unet_config(model)
-    additive = Additive(load_sensitivity(run, config), all_units(config, costs=False))
+    run = RunDir(args.sensitivity)
+    info = run.require_record()
+    model = resolve_model(args.model or info.model_name)
+    config = model.config
+    run.check_model(model.fingerprint)
+    additive = Additive(run.sensitivities(), all_units(config, costs=False), run.table_path)
     space = DiffusersSpace(config)
-    measure = measurer(model, sensitivity=run, num_prompts=args.num_prompts or info["args"]["num_prompts"],
+    measure = measurer(model, sensitivity=run.path, num_prompts=args.num_prompts or info.args["num_prompts"],
                        steps=args.steps, device=args.device)
     rule = measure.rule
 
@@ -139,8 +138,8 @@ def main() -> None:
     text = [
         "# Additivity: the additive objective against the measured one",
         "",
-        f"Model `{model}`, sensitivity run `{run}` ({info['args'].get('num_prompts')} prompts, "
-        f"{info['args'].get('steps')} steps). Loss rule: `{rule}` (larger = more harmful). Measured on "
+        f"Model `{model.name}`, sensitivity run `{run.path}` ({info.args.get('num_prompts')} prompts, "
+        f"{info.args.get('steps')} steps). Loss rule: `{rule}` (larger = more harmful). Measured on "
         f"{described['num_prompts']} {described['prompts']} prompts, {described['steps']} steps, guidance "
         f"{described['guidance']}, seed {described['seed']}; baseline {json.dumps(described['baseline'])}.",
         "",

@@ -28,7 +28,8 @@ from prunekit.graph import all_units
 from prunekit.models import unet_config
 from prunekit.planner.api import run_storage
 from prunekit.planner.greedy import greedy
-from prunekit.planner.objective import Additive, SensitivityRun
+from prunekit.planner.objective import Additive
+from prunekit.rundir import RunDir
 from prunekit.planner.search import best_trial, search
 from prunekit.planner.space import DiffusersSpace, FreeSpace, Layout
 
@@ -45,8 +46,8 @@ def all_states(space: DiffusersSpace):
 
 def sqlite(folder: str, name: str):
     """A fresh study file as `prunekit plan` keeps it (runs/NAME/optuna.db)."""
-    run = Path(folder) / name
-    run.mkdir()
+    run = RunDir(Path(folder) / name)
+    run.path.mkdir()
     return run_storage(run)
 
 
@@ -68,7 +69,7 @@ def main() -> None:
     build, space = timed(lambda: DiffusersSpace(config))
     rng = random.Random(args.seed)
     table = {name: rng.random() for name in all_units(config, costs=False)}
-    objective = Additive(SensitivityRun(Path("random"), table), space.units)
+    objective = Additive(table, space.units)
 
     def cost(state):
         return space.fraction(state, "params")

@@ -28,19 +28,18 @@ import torch
 
 from bench_report import write
 from prunekit.ablation import ablate
-from prunekit.attributes import attribute_accuracy
 from prunekit.generate import decode, generate, generate_latents, image_seeds
 from prunekit.metrics import clip_score, clip_score_metric, teacher_error
-from prunekit.models import load_pipeline
+from prunekit.models import resolve_model
 from prunekit.sensitivity import sensitivity
-from prunekit.sensitivity.settings import resolve
+from prunekit.sensitivity.settings import SweepOptions, resolve
 
 
-def floor_seconds(model: str, prompts: list[str], seeds: list[int], steps: int, guidance: float | None,
+def floor_seconds(model: str, prompts: list[str], seeds: list[int], steps: int, guidance: float,
                   repeats: int = 3) -> float:
     """Wall time of one generation of all prompts in one batch, images decoded: the median of `repeats`, after a
     one-step warm-up."""
-    pipe = load_pipeline(model)
+    pipe = resolve_model(model).pipeline()
     pipe.set_progress_bar_config(disable=True)
     generate(pipe, prompts[:1], seeds[:1], steps=1, guidance=guidance, batch_size=1, progress=False)
     times = []
@@ -51,24 +50,24 @@ def floor_seconds(model: str, prompts: list[str], seeds: list[int], steps: int, 
     return statistics.median(times)
 
 
-def naive_seconds(model: str, unit: str | None, prompts: list[str], seeds: list[int], steps: int, guidance: float | None,
-                  metrics: tuple[str, ...], clip_model: str | None, baseline):
+def naive_seconds(model: str, unit: str | None, prompts: list[str], seeds: list[int], settings, baseline):
     """Wall time of the naive way for one unit (None: the baseline), and its latents and images."""
     started = time.perf_counter()
-    pipe = load_pipeline(model)
+    pipe = resolve_model(model).pipeline()
     pipe.set_progress_bar_config(disable=True)
     latents, images = [], []
     with ablate(pipe.unet, unit) if unit else nullcontext():
         for prompt, seed in zip(prompts, seeds):
-            latent = generate_latents(pipe, [prompt], [seed], steps, guidance, batch_size=1, progress=False)
+            latent = generate_latents(pipe, [prompt], [seed], settings.steps, settings.guidance, batch_size=1,
+                                      progress=False)
             latents.append(latent)
             images += decode(pipe, latent, batch_size=1)
     latents = torch.cat(latents)
-    if "clip" in metrics:
-        clip_score(images, prompts, clip_score_metric(clip_model))
-    if "attributes" in metrics:
-        attribute_accuracy(images, prompts)
-    if "teacher" in metrics and baseline is not None:
+    if "clip" in settings.metrics:
+        clip_score(images, prompts, clip_score_metric(settings.clip_model))
+    if settings.judge is not None:
+        settings.judge.score(images, prompts)
+    if "teacher" in settings.metrics and baseline is not None:
         teacher_error(latents, baseline[0], images, baseline[1])
     return time.perf_counter() - started, (latents, images)
 
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--units", help="comma-separated units to sweep instead of the granularity's")
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--guidance", type=float, help="default: the model's recommended guidance")
+    parser.add_argument("--guidance", type=float, help="default: the model card's guidance")
     parser.add_argument("--metrics", help="full-mode metrics (default: the sweep's)")
     parser.add_argument("--clip-model", help="CLIP model (default: the sweep's)")
     parser.add_argument("--naive-units", type=int, default=2, help="units the naive way is measured on")
@@ -105,12 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
             model = args.model
         common = {"granularity": args.granularity, "prompts": "shapes", "num_prompts": args.num_prompts,
                   "steps": args.steps, "guidance": args.guidance, "units": args.units, "progress": False}
-        settings = resolve(model, metrics=args.metrics, clip_model=args.clip_model,
-                           **{k: v for k, v in common.items() if k != "progress"})
+        settings = resolve(model, str(tmp / "full"), SweepOptions(metrics=args.metrics, clip_model=args.clip_model,
+                                                                  **common))
         prompts, seeds = list(settings.prompts), image_seeds(0, len(settings.prompts))
         names = [unit.name for unit in settings.units]
 
-        floor = (len(names) + 1) * floor_seconds(model, prompts, seeds, args.steps, args.guidance)
+        floor = (len(names) + 1) * floor_seconds(model, prompts, seeds, args.steps, settings.guidance)
         started = time.perf_counter()
         sensitivity(model, out=str(tmp / "full"), metrics=args.metrics, clip_model=args.clip_model, **common)
         full = time.perf_counter() - started
@@ -118,10 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
         sensitivity(model, out=str(tmp / "proxy"), mode="proxy", **common)
         proxy = time.perf_counter() - started
 
-        naive_args = (prompts, seeds, args.steps, args.guidance, settings.metrics, settings.clip_model)
-        base_time, baseline = naive_seconds(model, None, *naive_args, None)
+        base_time, baseline = naive_seconds(model, None, prompts, seeds, settings, None)
         measured = spread(names, args.naive_units)
-        unit_times = [naive_seconds(model, name, *naive_args, baseline)[0] for name in measured]
+        unit_times = [naive_seconds(model, name, prompts, seeds, settings, baseline)[0] for name in measured]
         naive = (base_time + sum(unit_times)) / (1 + len(unit_times)) * (len(names) + 1)
 
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"

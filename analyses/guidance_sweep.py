@@ -4,7 +4,7 @@ Scores the model at each guidance scale on training combinations (where the scal
 combinations stay unseen by the choice) and on held-out ones (reported beside it). The chosen scale has the
 most prompts with all four attributes right on training combinations (ties: the higher CLIP ratio).
 `--write` records it in the pipeline directory's prunekit.json, which eval, sensitivity, distillation and the
-demo then sample at by default (prunekit.models.recommended_guidance).
+demo then sample at by default (the model card, prunekit.card).
 
 Writes reports/guidance_sweep/{table.md, table.csv}:
 `python analyses/guidance_sweep.py [--model tiny-sd] [--guidances 1,1.5,2,3,5,7.5] [--write]`.
@@ -16,19 +16,19 @@ import csv
 from pathlib import Path
 
 from prunekit.evaluate import evaluate
-from prunekit.models import load_pipeline, resolve, write_recommended_guidance
+from prunekit.models import resolve_model
 
 SETS = {"shapes-train": "training combinations (choice)", "shapes": "held-out combinations"}
 ATTRIBUTES = ("color", "shape", "position", "size", "all")
 
 
-def sweep(pipe, guidances: list[float], num_prompts: int, steps: int, seed: int,
+def sweep(model, guidances: list[float], num_prompts: int, steps: int, seed: int,
           clip_model: str | None) -> list[dict]:
     """One row per (prompt set, guidance): attribute accuracies and the CLIP ratio."""
-    rows = []
+    rows, pipe = [], model.pipeline()
     for prompts in SETS:
         for guidance in guidances:
-            result = evaluate(pipe, prompts=prompts, num_prompts=num_prompts, steps=steps, seed=seed,
+            result = evaluate(model, pipeline=pipe, prompts=prompts, num_prompts=num_prompts, steps=steps, seed=seed,
                               guidance=guidance, clip_model=clip_model, progress=False)
             rows.append({"prompts": prompts, "guidance": guidance, **result["attribute_accuracy"],
                          "clip_score_ratio": result["clip_score_ratio"]})
@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--write", action="store_true", help="record the chosen scale in the model's prunekit.json")
     parser.add_argument("--out", default="reports/guidance_sweep")
     args = parser.parse_args(argv)
-    rows = sweep(load_pipeline(args.model), [float(g) for g in args.guidances.split(",")], args.num_prompts,
-                 args.steps, args.seed, args.clip_model)
+    model = resolve_model(args.model)
+    rows = sweep(model, [float(g) for g in args.guidances.split(",")], args.num_prompts, args.steps, args.seed,
+                 args.clip_model)
     chosen = choose(rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> float:
         writer.writerows(rows)
     (out / "table.md").write_text(markdown(rows, chosen, args))
     if args.write:
-        write_recommended_guidance(resolve(args.model), chosen)
+        model.card.with_guidance(chosen).write(model.location)
     print((out / "table.md").read_text())
     return chosen
 

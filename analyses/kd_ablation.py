@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from prunekit.distill import checkpoints, distill  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
-from prunekit.models import load_pipeline, recommended_guidance, unet_config  # noqa: E402
+from prunekit.models import resolve_model  # noqa: E402
 from prunekit.plan import make_preset  # noqa: E402
 from prunekit.surgery import build_student  # noqa: E402
 
@@ -42,10 +42,10 @@ METRICS = ("attr_all", "attr_color", "attr_shape", "attr_position", "attr_size",
 RECOVERED = ("attr_all", "clip_score")
 
 
-def scores(pipe, args, device: str) -> dict:
-    """The METRICS of `pipe` on held-out shapes prompts."""
-    result = evaluate(pipe, num_prompts=args.num_prompts, steps=args.eval_steps, guidance=args.guidance,
-                      device=device, clip_model=args.clip_model, progress=False)
+def scores(model, pipe, args, device: str) -> dict:
+    """The METRICS of `pipe` (the teacher `model` or a student of it) on held-out shapes prompts."""
+    result = evaluate(model, pipeline=pipe, prompts="shapes", num_prompts=args.num_prompts, steps=args.eval_steps,
+                      guidance=args.guidance, device=device, clip_model=args.clip_model, progress=False)
     flat = {f"attr_{key}": value for key, value in result["attribute_accuracy"].items()}
     ratio = result["clip_score_ratio"]  # None where real images score 0
     return {**flat, "clip_score": result["clip_score"], "clip_score_ratio": float("nan") if ratio is None else ratio}
@@ -178,18 +178,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     report.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    plan = make_preset(args.preset, args.model, unet_config(args.model))
+    model = resolve_model(args.model)
+    plan = make_preset(args.preset, args.model, model.config)
     plan_path = plan.save(work / "plan.json")
     params = {"teacher": plan.predicted["teacher_params"], "surgery (no retraining)": plan.predicted["params"],
               **{name: plan.predicted["params"] for name in ARMS}}
     clip = Path(str(args.clip_model)).name
-    args.guidance = recommended_guidance(args.model)  # the teacher's, for the teacher and every student
+    args.guidance = model.card.guidance  # the teacher's, for the teacher and every student
     measured = Scores(work / f"scores-{args.num_prompts}prompts-{args.eval_steps}steps-g{args.guidance:g}-{clip}.json")
-    teacher = load_pipeline(args.model)
+    teacher = model.pipeline()
     surgery, _ = build_student(teacher.unet, plan)
     surgery_pipe = type(teacher)(**{**teacher.components, "unet": surgery}, requires_safety_checker=False)
-    rows = {"teacher": [measured.get("teacher", lambda: scores(teacher, args, device))],
-            "surgery (no retraining)": [measured.get("surgery", lambda: scores(surgery_pipe, args, device))]}
+    rows = {"teacher": [measured.get("teacher", lambda: scores(model, teacher, args, device))],
+            "surgery (no retraining)": [measured.get("surgery", lambda: scores(model, surgery_pipe, args, device))]}
     losses = {}
     for name, weights in ARMS.items():
         rows[name], losses[name] = [], []
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             slug = f"{name.replace(' + ', '-').replace(' ', '-')}-seed{seed}"
             out = train(plan_path, work / slug, weights, seed, args)
             pipe = type(teacher).from_pretrained(out / "student", local_files_only=True)
-            rows[name].append(measured.get(slug, lambda: scores(pipe, args, device)))
+            rows[name].append(measured.get(slug, lambda: scores(model, pipe, args, device)))
             losses[name].append(task_losses(out / "logs.csv"))
 
     table = summarise(rows, params, losses)

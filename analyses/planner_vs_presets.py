@@ -29,11 +29,12 @@ import pandas as pd
 from prunekit.errors import PrunekitError
 from prunekit.evaluate import evaluate
 from prunekit.graph import all_units
-from prunekit.models import load_pipeline, unet_config
+from prunekit.models import resolve_model
 from prunekit.plan import PRESETS, make_preset
 from prunekit.planner import plan
 from prunekit.planner.measured import unet_swapped
-from prunekit.planner.objective import Additive, load_sensitivity
+from prunekit.planner.objective import Additive
+from prunekit.rundir import RunDir
 from prunekit.surgery import build_student
 
 matplotlib.use("Agg")
@@ -46,7 +47,7 @@ def find_plans(model: str, config: dict, run: Path, budgets: list[float], method
                out: Path) -> tuple[list[dict], dict[str, float]]:
     """The teacher, the presets that fit, and each method's plan at each budget (a budget no plan meets is left
     out); and each preset's cost, its parameter fraction rounded up to 4 decimals (a budget it meets)."""
-    additive = Additive(load_sensitivity(run, config), all_units(config, costs=False))
+    additive = Additive(RunDir(run).sensitivities(), all_units(config, costs=False))
     rows = [{"plan": "teacher", "method": "teacher", "budget": 1.0, "params_fraction": 1.0, "macs_fraction": 1.0,
              "predicted_loss": 0.0, "remove": []}]
     preset_costs = {}
@@ -137,14 +138,14 @@ def main() -> None:
     args = parser.parse_args()
 
     run, out = Path(args.sensitivity), Path(args.out)
-    info = json.loads((run / "run.json").read_text())
-    model = args.model or info["model"]["name"]
-    clip_model = args.clip_model or info["args"].get("clip_model") or "tiny-clip"
-    config = unet_config(model)
+    info = RunDir(run).require_record()
+    teacher = resolve_model(args.model or info.model_name)
+    model, config = teacher.name, teacher.config
+    clip_model = args.clip_model or info.args.get("clip_model")
     rows, preset_costs = find_plans(model, config, run, [float(b) for b in args.budgets.split(",")],
                                     args.methods.split(","), args.trials, out)
 
-    pipe = load_pipeline(model)
+    pipe = teacher.pipeline()
     pipe.set_progress_bar_config(disable=True)
     scored: dict[str, dict] = {}
     for row in rows:
@@ -152,7 +153,7 @@ def main() -> None:
         if key not in scored:  # the surgery student with the teacher's weights (the teacher itself for no units)
             unet = build_student(pipe.unet, row["remove"])[0].eval() if row["remove"] else pipe.unet
             with unet_swapped(pipe, unet):
-                scored[key] = evaluate(pipe, prompts="shapes", num_prompts=args.num_prompts, seed=args.seed,
+                scored[key] = evaluate(teacher, pipeline=pipe, prompts="shapes", num_prompts=args.num_prompts, seed=args.seed,
                                        steps=args.steps, device=args.device, clip_model=clip_model, progress=False)
         result = scored[key]
         row.update(clip_score=result["clip_score"],
@@ -169,7 +170,7 @@ def main() -> None:
     text = [
         "# Planner plans against BK-SDM presets, without retraining",
         "",
-        f"Model `{model}`, sensitivity run `{run}` (rule `{info.get('sensitivity', 'sensitivity')}`); plans from the "
+        f"Model `{model}`, sensitivity run `{run}` (rule `{info.sensitivity or 'sensitivity'}`); plans from the "
         f"additive objective in the diffusers space (Optuna: {args.trials} trials). Each student is built by surgery "
         f"with the teacher's weights and scored on {args.num_prompts} held-out shapes prompts, {args.steps} steps, "
         f"seed {args.seed}, CLIP model `{clip_model}`.",

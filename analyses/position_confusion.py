@@ -17,10 +17,10 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
-from prunekit.attributes import read
-from prunekit.data.shapes import POSITIONS, parse_caption, prompts
+from prunekit.shapes.judge import read
+from prunekit.shapes.data import POSITIONS, parse_caption, prompts
 from prunekit.generate import generate, image_seeds
-from prunekit.models import load_pipeline, recommended_guidance
+from prunekit.models import resolve_model
 
 UNREAD = "(unread)"
 
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, help="default: the model's recommended guidance")
     parser.add_argument("--out", default="reports/position_confusion")
     args = parser.parse_args(argv)
-    pipe = load_pipeline(args.model)
-    guidance = recommended_guidance(pipe) if args.guidance is None else args.guidance
+    model = resolve_model(args.model)
+    pipe = model.pipeline()
+    guidance = model.card.guidance if args.guidance is None else args.guidance
     pairs, accuracy = confusion(pipe, args.num_prompts, args.seed, args.steps, guidance)
     probe = caption_or_noise(pipe, args.seeds, args.seed, args.steps, guidance)
     out = Path(args.out)

@@ -26,7 +26,7 @@ import torch
 from scipy.stats import spearmanr
 
 from prunekit.sensitivity import sensitivity
-from prunekit.sensitivity.settings import resolve
+from prunekit.sensitivity.settings import SweepOptions, resolve
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     common = {"granularity": args.granularity, "units": args.units, "prompts": "shapes",
               "num_prompts": args.num_prompts, "steps": args.steps}
-    default = resolve(args.model, mode="proxy", **common)
+    default = resolve(args.model, "", SweepOptions(mode="proxy", **common))
     settings = [(latents, int(k)) for latents in args.latents.split(",") for k in args.timesteps.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from prunekit.attributes import attribute_accuracy  # noqa: E402
+from prunekit.shapes.judge import attribute_accuracy  # noqa: E402
 from prunekit.data import shapes  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
 from prunekit.generate import decode, generate, image_seeds  # noqa: E402
-from prunekit.models import SD_GUIDANCE, load_pipeline  # noqa: E402
+from prunekit.card import SD_GUIDANCE  # noqa: E402
+from prunekit.distill.data import to_tensor  # noqa: E402
+from prunekit.models import resolve_model  # noqa: E402
 
 BAR = {"color": 0.90, "shape": 0.85, "position": 0.85, "size": 0.85, "all": 0.70}
 
@@ -31,7 +33,7 @@ def scorer_checks(pipe, n: int = 300) -> dict:
     """The judge on real held-out images and on the VAE's reconstructions of the same images."""
     pairs = [shapes.sample("heldout", i, seed=11) for i in range(n)]
     images, captions = [image for image, _ in pairs], [attrs.caption() for _, attrs in pairs]
-    pixels = torch.stack([shapes.to_tensor(image) for image in images])
+    pixels = torch.stack([to_tensor(image) for image in images])
     latents = torch.cat([pipe.vae.encode(pixels[i:i + 50]).latent_dist.mode() for i in range(0, n, 50)])
     reconstructions = decode(pipe, latents * pipe.vae.config.scaling_factor)
     return {"images": n, "real": attribute_accuracy(images, captions),
@@ -106,11 +108,12 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe = load_pipeline(args.model)
-    results = [evaluate(pipe, prompts="shapes", num_prompts=args.num_prompts, clip_model=args.clip_model)]
+    model = resolve_model(args.model)
+    pipe = model.pipeline()
+    results = [evaluate(model, pipeline=pipe, prompts="shapes", num_prompts=args.num_prompts, clip_model=args.clip_model)]
     (out / "eval.json").write_text(json.dumps(results[0], indent=2))
     if results[0]["guidance"] != SD_GUIDANCE:  # the issue's protocol too, as its bar is stated there
-        results.append(evaluate(pipe, prompts="shapes", num_prompts=args.num_prompts, guidance=SD_GUIDANCE,
+        results.append(evaluate(model, pipeline=pipe, prompts="shapes", num_prompts=args.num_prompts, guidance=SD_GUIDANCE,
                                 clip_model=args.clip_model))
         (out / f"eval-guidance{SD_GUIDANCE:g}.json").write_text(json.dumps(results[1], indent=2))
     checks = scorer_checks(pipe)

@@ -39,7 +39,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit, all_units
+from prunekit.graph import Unit, all_units, inside
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Unit]] = weakref.WeakKeyDictionary()
 
@@ -106,18 +106,6 @@ def unit_table(unet: nn.Module) -> dict[str, Unit]:
     return _units_of(json.dumps(config, sort_keys=True, default=list))
 
 
-def _inside(path: str, container: str) -> bool:
-    return path == container or path.startswith(container + ".")
-
-
-def _shared_module(a: Unit, b: Unit) -> str | None:
-    for pa in a.modules:
-        for pb in b.modules:
-            if _inside(pa, pb) or _inside(pb, pa):
-                return min(pa, pb, key=len)
-    return None
-
-
 def resolve(unet: nn.Module, units: Iterable[Unit | str] | Unit | str) -> list[Unit]:
     """The units of `unet` that `units` (Unit objects or names, or one of them) name; a unit is its name."""
     table = unit_table(unet)
@@ -139,7 +127,7 @@ def check_together(units: list[Unit]) -> None:
         for b in units[i + 1:]:
             if a.name == b.name:
                 raise PrunekitError(f"unit {a.name} is listed twice: list it once.")
-            shared = _shared_module(a, b)
+            shared = a.overlap(b)
             if shared is not None:
                 raise PrunekitError(f"units {a.name} and {b.name} overlap (both hold {shared}): "
                                     "ablate one of them, not both.")
@@ -150,7 +138,7 @@ def compatible_units(unet: nn.Module, chosen: Iterable[Unit | str] = ()) -> list
     chosen = resolve(unet, chosen)
     check_together(chosen)
     return [u for u in unit_table(unet).values()
-            if all(u.name != c.name and _shared_module(u, c) is None for c in chosen)]
+            if all(u.name != c.name and u.overlap(c) is None for c in chosen)]
 
 
 def ablated_units(unet: nn.Module) -> tuple[str, ...]:
@@ -171,15 +159,15 @@ def _leaf_standin(unit: Unit, path: str) -> nn.Module:
     return Passthrough()  # a transformer layer or the whole mid block
 
 
-def _standins(unit: Unit, table: dict[str, Unit]) -> list[tuple[str, nn.Module]]:
-    """(module path, stand-in) for every module that ablating `unit` swaps."""
+def standins(unet: nn.Module, unit: Unit) -> list[tuple[str, nn.Module]]:
+    """(module path, stand-in) for every module of `unet` that removing `unit` swaps."""
     if unit.kind != "stage":
         return [(path, _leaf_standin(unit, path)) for path in unit.modules]
     blocks = [path for path in unit.modules if ".downsamplers." not in path]
     swaps = [(path, Passthrough()) for path in unit.modules if path not in blocks]  # the entering downsampler
-    for part in table.values():
+    for part in unit_table(unet).values():
         if part.kind in ("res", "attn", "downsample", "upsample") and any(
-                _inside(part.modules[0], block) for block in blocks):
+                inside(part.modules[0], block) for block in blocks):
             for path in part.modules:  # the up block's upsampler leaves the level: the identity too
                 swaps.append((path, Passthrough() if part.kind == "upsample" else _leaf_standin(part, path)))
     return swaps
@@ -192,7 +180,6 @@ def ablate(unet: nn.Module, units: Iterable[Unit | str] | Unit | str) -> Iterato
     Yields the resolved units. Contexts may nest over disjoint units; overlapping units, also across nested
     contexts, are refused with a PrunekitError before anything changes.
     """
-    table = unit_table(unet)
     removed = resolve(unet, units)
     active = _ACTIVE.setdefault(unet, [])
     check_together(active + removed)
@@ -200,7 +187,7 @@ def ablate(unet: nn.Module, units: Iterable[Unit | str] | Unit | str) -> Iterato
     active.extend(removed)
     try:
         for unit in removed:
-            for path, standin in _standins(unit, table):
+            for path, standin in standins(unet, unit):
                 parent_path, _, name = path.rpartition(".")
                 parent = unet.get_submodule(parent_path)
                 originals.append((parent, name, parent.get_submodule(name)))

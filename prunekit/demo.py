@@ -11,12 +11,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunekit.options import check_count, check_number, check_output_dir
+
 MODEL = "tiny-sd"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """How much work each stage does; the defaults fit 15 minutes on 2 CPU cores."""
+    """How much work each stage does; the defaults fit 15 minutes on 2 CPU cores. Checked here, so a bad value
+    is refused before the first stage starts."""
 
     num_prompts: int = 16
     steps: int = 25
@@ -26,6 +29,13 @@ class DemoSettings:
     distill_lr: float = 1e-4
     eval_num_prompts: int = 32
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_prompts", "steps", "distill_steps", "distill_batch_size", "eval_num_prompts"):
+            check_count(name, getattr(self, name))
+        check_count("seed", self.seed, minimum=0)
+        check_number("budget", self.budget, above=0)
+        check_number("distill_lr", self.distill_lr, above=0)
 
 
 def _stage(number: int, title: str) -> float:
@@ -39,21 +49,23 @@ def _done(started: float) -> None:
 
 def demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(), progress: bool = True) -> Path:
     """Run the whole loop on tiny-sd into `out`; returns the report's path."""
-    from prunekit.distill import distill
+    from prunekit.distill import checkpoints, distill
+    from prunekit.evaluate import headline
     from prunekit.inspect import inspect_model, render
     from prunekit.planner import plan, summary
     from prunekit.report import build_report
+    from prunekit.rundir import RunDir
     from prunekit.sensitivity import sensitivity
 
-    out = Path(out)
+    out = check_output_dir(out, "demo's run directory")
     began = time.perf_counter()
     started = _stage(1, f"inspect {MODEL}: the U-Net as removable units")
     print(render(inspect_model(MODEL, "pair")))
     _done(started)
 
     started = _stage(2, f"sensitivity: remove each unit alone, generate {settings.num_prompts} prompts, score")
-    table = sensitivity(MODEL, out=str(out), granularity="pair", num_prompts=settings.num_prompts,
-                        steps=settings.steps, seed=settings.seed, progress=progress)
+    table = sensitivity(MODEL, str(out), granularity="pair", num_prompts=settings.num_prompts, steps=settings.steps,
+                        seed=settings.seed, progress=progress)
     ranked = table.sort_values("sensitivity")
     print(f"   least harmful to remove: {', '.join(ranked['unit'].head(4))}")
     print(f"   most harmful to remove:  {', '.join(ranked['unit'].tail(4)[::-1])}")
@@ -61,20 +73,19 @@ def demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(),
 
     started = _stage(3, f"plan: the least-loss student within {settings.budget:.0%} of the parameters")
     student_plan = plan(MODEL, budget=settings.budget, sensitivity=str(out), method="greedy", seed=settings.seed,
-                        progress=progress)
+                        force=True, progress=progress)  # a rerun makes the same plan again
     print(summary(student_plan))
     _done(started)
 
     started = _stage(4, f"distill: retrain the student for {settings.distill_steps} steps (task + output KD + feature KD)")
-    result = distill(out / "plan.json", data="shapes", out=out / "distill", steps=settings.distill_steps,
+    run = RunDir(out)
+    result = distill(run.plan_path, out=run.distill, steps=settings.distill_steps,
                      batch_size=settings.distill_batch_size, lr=settings.distill_lr, seed=settings.seed,
-                     checkpoint_every=max(1, settings.distill_steps // 4), resume=(out / "distill").is_dir(),
+                     checkpoint_every=max(1, settings.distill_steps // 4), resume=bool(checkpoints.complete(run.distill / "checkpoints")),
                      eval_num_prompts=settings.eval_num_prompts, eval_steps=settings.steps, progress=progress)
     for name, scores in (result.get("eval") or {}).items():
         if name != "settings":
-            accuracy = scores.get("attribute_accuracy", {}).get("all")
-            print(f"   {name:>15}: CLIP score {scores['clip_score']:.3f}"
-                  + (f", attributes all right {accuracy:.3f}" if accuracy is not None else ""))
+            print(f"   {name:>15}: " + ", ".join(f"{key} {value:.3f}" for key, value in headline(scores).items()))
     _done(started)
 
     started = _stage(5, "report")

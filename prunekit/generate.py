@@ -14,7 +14,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from tqdm.auto import tqdm
 
-from prunekit.models import recommended_guidance
+from prunekit.card import SD_GUIDANCE
 
 
 def image_seeds(seed: int, n: int) -> list[int]:
@@ -24,16 +24,15 @@ def image_seeds(seed: int, n: int) -> list[int]:
 
 @torch.no_grad()
 def generate_latents(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25,
-                     guidance: float | None = None, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
+                     guidance: float = SD_GUIDANCE, batch_size: int = 32, progress: bool = True) -> torch.Tensor:
     """The final latents (N x C x h x w, on the CPU) of `prompts`, image i from noise seeded `seeds[i]`.
 
     Uses the pipeline's own scheduler (PNDM for SD-v1.x and tiny-sd) with `steps` steps and classifier-free
-    `guidance` (default: the pipeline's recommended scale, prunekit.models.recommended_guidance); the
-    pipeline's own progress bar is switched off in favour of one over the images.
+    `guidance` (callers pass the model card's, prunekit.card); the pipeline's own progress bar is switched off
+    in favour of one over the images.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts for {len(seeds)} seeds")
-    guidance = recommended_guidance(pipe) if guidance is None else guidance
     pipe.set_progress_bar_config(disable=True)
     latents = []
     with tqdm(total=len(prompts), desc="generating", unit="image", disable=not progress) as bar:
@@ -59,7 +58,7 @@ def decode(pipe: StableDiffusionPipeline, latents: torch.Tensor, batch_size: int
 
 
 def generate(pipe: StableDiffusionPipeline, prompts: Sequence[str], seeds: Sequence[int], steps: int = 25,
-             guidance: float | None = None, batch_size: int = 32, progress: bool = True) -> list[Image.Image]:
+             guidance: float = SD_GUIDANCE, batch_size: int = 32, progress: bool = True) -> list[Image.Image]:
     """PIL images of `prompts`, image i from noise seeded `seeds[i]` (see generate_latents)."""
     latents = generate_latents(pipe, prompts, seeds, steps, guidance, batch_size, progress)
     return decode(pipe, latents, batch_size)

@@ -32,10 +32,59 @@ class Unit:
     resolution: int  # side of the latent the unit works on
     parent: str | None = None  # the unit this one lies inside (transformer layers)
 
+    def holds(self, path: str) -> bool:
+        """Whether module `path` lies inside one of this unit's modules (or is one)."""
+        return any(inside(path, module) for module in self.modules)
+
+    def contains(self, other: "Unit") -> bool:
+        """Whether `other` is another unit whose every module lies inside this one's: removing this removes it."""
+        return other.name != self.name and all(self.holds(path) for path in other.modules)
+
+    def overlap(self, other: "Unit") -> str | None:
+        """The outermost module path the two units share (one lies inside the other's), or None."""
+        for mine in self.modules:
+            for theirs in other.modules:
+                if inside(mine, theirs) or inside(theirs, mine):
+                    return min(mine, theirs, key=len)
+        return None
+
     def as_row(self) -> dict:
         row = asdict(self)
         row["modules"] = " ".join(self.modules)
         return row
+
+
+def inside(path: str, container: str) -> bool:
+    """Whether module path `path` is `container` or lies inside it ("down_blocks.1.resnets.0" in "down_blocks.1")."""
+    return path == container or path.startswith(container + ".")
+
+
+@dataclass(frozen=True)
+class Removed:
+    """The module paths a set of removed units covers."""
+
+    paths: frozenset[str]
+
+    @classmethod
+    def of(cls, units) -> "Removed":
+        return cls(frozenset(path for unit in units for path in unit.modules))
+
+    def covers(self, path: str) -> bool:
+        """Whether module `path` is gone: it lies inside a removed module."""
+        return any(inside(path, removed) for removed in self.paths)
+
+    def state(self, unit: Unit) -> str:
+        """'removed' when every module of `unit` is gone, 'partial' when a removed module lies strictly inside one
+        of its modules (transformer layers of an attention), else 'kept'."""
+        if all(self.covers(path) for path in unit.modules):
+            return "removed"
+        return "partial" if any(path.startswith(module + ".") for path in self.paths for module in unit.modules) \
+            else "kept"
+
+
+def outermost(units: list[Unit]) -> list[Unit]:
+    """`units` without those another of them contains (removing the container removes them), order kept."""
+    return [u for u in units if not any(other.contains(u) for other in units)]
 
 
 def _config(unet_or_config) -> dict:
@@ -43,11 +92,13 @@ def _config(unet_or_config) -> dict:
 
 
 def _meta_unet(unet_or_config) -> nn.Module:
+    """The U-Net whose units are listed: a module as it is, or a config's architecture (a free student's config
+    gives its teacher's: units are the teacher's)."""
     from prunekit.models import build_unet_meta
 
     if isinstance(unet_or_config, nn.Module):
         return unet_or_config
-    return build_unet_meta(unet_or_config)
+    return build_unet_meta({k: v for k, v in unet_or_config.items() if not k.startswith("_")})
 
 
 class _Builder:

@@ -7,7 +7,7 @@
   torch-fidelity can provide them, otherwise on a CLIP image tower (the result says which).
 - `teacher`: error against the teacher's (the intact model's) outputs for the same noise: latent MSE,
   and PSNR and SSIM of the decoded images.
-- `attributes`: captioned-shapes attribute accuracy (prunekit.attributes).
+- the judges of prunekit.worlds (`attributes`: captioned-shapes attribute accuracy) join them by name.
 """
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.multimodal.clip_score import CLIPScore
 from transformers import CLIPModel, CLIPProcessor
 
+from prunekit import worlds
+from prunekit.card import ModelCard
 from prunekit.errors import PrunekitError
-from prunekit.models import bundled_path, from_hub
+from prunekit.models import from_hub, is_hub_id, locate_clip
 
 METRICS = {
     "clip": "CLIP score of each image against its prompt (higher is better)",
     "fid": "Frechet distance of the images' features to reference images' (lower is better)",
     "teacher": "latent MSE, PSNR and SSIM against the intact model's outputs for the same noise",
-    "attributes": "captioned-shapes attribute accuracy: colour, shape, position, size, all four",
+    **{name: judge.description for name, judge in worlds.judges().items()},
 }
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-BUNDLED_CLIP = "tiny-clip"
 
 
 def check_metrics(names: str | Iterable[str]) -> list[str]:
@@ -46,20 +47,25 @@ def check_metrics(names: str | Iterable[str]) -> list[str]:
     return names
 
 
+def choose_clip(explicit: str | None, card: ModelCard, texts: Sequence[str]) -> str:
+    """The CLIP model that scores a model's images of `texts`: the one asked for, else the model card's, else
+    the one the texts' world prefers, else DEFAULT_CLIP."""
+    return explicit or card.clip_model or worlds.clip_model_for(texts) or DEFAULT_CLIP
+
+
 def _load_clip_files(where: str | Path, local_files_only: bool) -> tuple[CLIPModel, CLIPProcessor]:
     return (CLIPModel.from_pretrained(where, local_files_only=local_files_only),
             CLIPProcessor.from_pretrained(where, local_files_only=local_files_only))
 
 
 def load_clip(name: str | Path) -> tuple[CLIPModel, CLIPProcessor]:
-    """A CLIP model (eval mode) and its processor, from `tiny-clip` (bundled), a local directory or a hub id.
+    """A CLIP model (eval mode) and its processor, from a bundled one (`tiny-clip`), a local directory or a hub id.
 
     A hub id is read from the local cache when the hub cannot be reached; offline and not cached, it
     fails within seconds with a PrunekitError that says to pass a local directory.
     """
     name = str(name)
-    if name == BUNDLED_CLIP:
-        return _load_clip_files(bundled_path(BUNDLED_CLIP), local_files_only=True)
+    name = locate_clip(name) or name
     if os.path.isdir(name):
         try:
             return _load_clip_files(name, local_files_only=True)
@@ -67,9 +73,9 @@ def load_clip(name: str | Path) -> tuple[CLIPModel, CLIPProcessor]:
             raise PrunekitError(
                 f"{name} holds no loadable CLIP model and processor ({error.__class__.__name__}): pass a directory "
                 "saved by CLIPModel.save_pretrained and CLIPProcessor.save_pretrained.") from None
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+    if is_hub_id(name):
         return from_hub(lambda local: _load_clip_files(name, local_files_only=local), name)
-    raise PrunekitError(f"no CLIP model {name!r}: pass {BUNDLED_CLIP!r}, a local CLIP directory, "
+    raise PrunekitError(f"no CLIP model {name!r}: pass 'tiny-clip' (bundled), a local CLIP directory, "
                         f"or a hub id such as {DEFAULT_CLIP!r}.")
 
 

@@ -1,7 +1,11 @@
 """Plans: which units of a U-Net go, the student that remains, and what it is predicted to cost.
 
-A plan is data (DESIGN.md, plan.json "prunekit.plan/1"): presets, the greedy planner and Optuna make
-it; surgery applies it. `load` validates a file and refuses a plan made for another U-Net.
+A plan is data (plan.json, "prunekit.plan/2"): presets, the greedy planner and Optuna make it; surgery
+applies it. Its kind (prunekit.surgery.KINDS) says what its student is: `diffusers`, a plain diffusers
+U-Net, or `free`, the teacher with the removed units swapped for stand-ins (prunekit.students). Its
+student config and weight map always follow from its remove list (prunekit.surgery.derive); `check_teacher`
+derives them again and refuses a plan whose stored ones differ, one made for another U-Net, or a remove
+list that names a unit twice, units that overlap, or every unit.
 
 The BK-SDM presets are defined by topology, so they fit any SD-1/SD-2-like U-Net (SD-v1.x, SD-v2.x,
 tiny-sd). That means: at least 3 stages, every down block a CrossAttnDownBlock2D except a plain
@@ -23,8 +27,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from prunekit.errors import PrunekitError
+from prunekit.students import REMOVED_KEY
+from prunekit.surgery import KINDS
 
-FORMAT = "prunekit.plan/1"
+FORMAT = "prunekit.plan/2"
 PRESETS = ("bk-base", "bk-small", "bk-tiny")
 _UNIT_NAME = re.compile(r"(down|up)\d+\.(res|attn|pair)\d+(\.t\d+)?|down\d+\.downsample|up\d+\.upsample"
                         r"|mid(\.res\d+|\.attn\d+(\.t\d+)?)?|stage\d+")
@@ -39,9 +45,9 @@ class Plan:
     unet_fingerprint: str
     method: str  # "preset:bk-small", "greedy", "optuna", ...
     remove: list[str]
-    student_config: dict  # a complete diffusers UNet2DConditionModel config
+    student_config: dict  # a complete UNet2DConditionModel config (a free student's names its removed units)
     weight_map: dict[str, str]  # student module path -> teacher module path
-    space: str = "standard"  # "standard": a plain diffusers U-Net
+    kind: str = "diffusers"  # prunekit.surgery.KINDS
     budget: dict | None = None  # {"metric": "params", "fraction": 0.6}; None for presets
     predicted: dict = field(default_factory=dict)  # params, params_fraction, macs, macs_fraction, ...
     provenance: dict = field(default_factory=dict)  # prunekit version, created, ...
@@ -53,16 +59,18 @@ class Plan:
             "method": self.method,
             "budget": self.budget,
             "remove": list(self.remove),
-            "student": {"unet_config": self.student_config, "weight_map": self.weight_map, "space": self.space},
+            "student": {"kind": self.kind, "unet_config": self.student_config, "weight_map": self.weight_map},
             "predicted": self.predicted,
             "provenance": self.provenance,
         }
 
     def save(self, path) -> Path:
         """Write the plan as JSON to `path` (parent folders created) and return the path."""
+        from prunekit.rundir import write_atomically
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, default=list) + "\n")
+        write_atomically(path, json.dumps(self.to_dict(), indent=2, default=list) + "\n")
         return path
 
     @classmethod
@@ -76,6 +84,7 @@ class Plan:
         model, student = (data[k] if isinstance(data.get(k), dict) else {} for k in ("model", "student"))
         wrong += [f"model.{k}" for k in ("name", "unet_fingerprint") if not isinstance(model.get(k), str)]
         wrong += [f"student.{k}" for k in ("unet_config", "weight_map") if not isinstance(student.get(k), dict)]
+        wrong += ["student.kind"] * (student.get("kind", "diffusers") not in KINDS)
         if wrong:
             raise PrunekitError(f"{source} lacks or garbles {', '.join(wrong)}: make it again with `prunekit plan`.")
         bad = [str(name) for name in data["remove"] if not (isinstance(name, str) and _UNIT_NAME.fullmatch(name))]
@@ -83,7 +92,7 @@ class Plan:
             raise PrunekitError(f"{source} names unknown unit(s) {', '.join(bad)}: unit names look like "
                                 "down1.pair1, mid or stage0 (see `prunekit inspect`).")
         return cls(model["name"], model["unet_fingerprint"], data["method"], list(data["remove"]),
-                   student["unet_config"], student["weight_map"], student.get("space", "standard"),
+                   student["unet_config"], student["weight_map"], student.get("kind", "diffusers"),
                    data.get("budget"), data.get("predicted") or {}, data.get("provenance") or {})
 
     @classmethod
@@ -91,7 +100,9 @@ class Plan:
         """Read and validate plan.json; with `teacher_config`, also check the plan was made for that U-Net."""
         path = Path(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise PrunekitError(f"{path} is not UTF-8 text, so not a plan: make it with `prunekit plan`.") from None
         except OSError:
             raise PrunekitError(f"cannot read the plan {path}: check the path.") from None
         try:
@@ -105,23 +116,62 @@ class Plan:
         return plan
 
     def check_teacher(self, teacher_config: dict, source: str = "the plan") -> None:
-        """Refuse a plan made for another U-Net, or one naming units this U-Net lacks."""
-        from prunekit.graph import all_units
+        """Refuse a plan made for another U-Net, one whose remove list this U-Net cannot take (see
+        check_removal), or one whose student config or weight map does not follow from its remove list."""
         from prunekit.models import fingerprint
+        from prunekit.surgery import derive
 
         mine = fingerprint(teacher_config)
         if mine != self.unet_fingerprint:
             theirs = f"{self.model_name}, {self.unet_fingerprint[:19]}"
             raise PrunekitError(f"{source} was made for another U-Net ({theirs}) than this one ({mine[:19]}): "
                                 "make a plan for this model.")
-        units = all_units(teacher_config, costs=False)
-        unknown = [name for name in self.remove if name not in units]
-        if unknown:
-            raise PrunekitError(f"{source} names unit(s) this U-Net lacks: {', '.join(unknown)}; "
-                                "list its units with `prunekit inspect`.")
+        check_removal(teacher_config, self.remove, self.kind, source)
+        config, weight_map = derive(teacher_config, self.remove, self.kind)
+        try:
+            same = _normal(self.student_config) == _normal(config)
+        except Exception:  # noqa: BLE001 - a stored config diffusers cannot even build
+            same = False
+        if not same or self.weight_map != weight_map:
+            part = "student config" if not same else "weight map"
+            raise PrunekitError(f"{source}'s {part} does not follow from its remove list for a {self.kind} plan: it "
+                                "was edited or made by another prunekit; make the plan again with `prunekit plan`.")
 
 
 load = Plan.load
+
+
+def _normal(config: dict) -> str:
+    """A student config as comparable text: every default filled in, tuples as lists, its removed units kept."""
+    from prunekit.models import canonical_config
+
+    return json.dumps({**canonical_config(config), REMOVED_KEY: config.get(REMOVED_KEY)}, sort_keys=True, default=list)
+
+
+def check_removal(teacher_config: dict, remove: list[str], kind: str = "diffusers", source: str = "the plan") -> None:
+    """Refuse a remove list that names units the U-Net lacks, a unit twice, two units that overlap (one holds
+    a module of the other), or every unit. Adjacent stages share the downsampler between them; a diffusers plan
+    removes stages together from the inside out, so there they may overlap."""
+    from prunekit.graph import Removed, all_units, enumerate_units, top_level
+
+    units = all_units(teacher_config, costs=False)
+    unknown = [name for name in remove if name not in units]
+    if unknown:
+        raise PrunekitError(f"{source} names unit(s) this U-Net lacks: {', '.join(unknown)}; "
+                            "list its units with `prunekit inspect`.")
+    twice = sorted({name for name in remove if remove.count(name) > 1})
+    if twice:
+        raise PrunekitError(f"{source} names {', '.join(twice)} more than once: name each unit once.")
+    chosen = [units[name] for name in remove]
+    for i, a in enumerate(chosen):
+        for b in chosen[i + 1:]:
+            if a.overlap(b) is not None and not (kind == "diffusers" and a.kind == b.kind == "stage"):
+                raise PrunekitError(f"{source} removes {a.name} and {b.name}, which overlap (both hold "
+                                    f"{a.overlap(b)}): remove one of them.")
+    removed = Removed.of(chosen)
+    if remove and all(removed.state(u) == "removed" for u in top_level(enumerate_units(teacher_config, "block",
+                                                                                        costs=False))):
+        raise PrunekitError(f"{source} removes every unit of the U-Net: keep at least one.")
 
 
 def _sd_like_problem(config: dict) -> str | None:
@@ -171,20 +221,22 @@ def provenance(**extra) -> dict:
 
 
 def make_plan(model_name: str, teacher_config: dict, remove: list[str], method: str,
-              budget: dict | None = None, **predicted) -> Plan:
-    """A Plan removing `remove` from the teacher: student config and weight map, predicted costs filled in."""
+              budget: dict | None = None, kind: str = "diffusers", **predicted) -> Plan:
+    """A Plan of `kind` removing `remove` from the teacher: student config and weight map, and its costs counted
+    exactly on the student (on the meta device)."""
     from prunekit.costs import unet_costs
     from prunekit.models import fingerprint
-    from prunekit.surgery import SPACE, student_config
+    from prunekit.surgery import derive
 
-    config, weight_map = student_config(teacher_config, remove)
+    check_removal(teacher_config, list(remove), kind)
+    config, weight_map = derive(teacher_config, list(remove), kind)
     teacher, student = unet_costs(teacher_config), unet_costs(config)
     fractions = student.fraction_of(teacher)
     costs = {"params": student.params, "params_fraction": fractions["params"],
              "macs": student.macs, "macs_fraction": fractions["macs"],
              "full_macs": student.full_macs, "full_macs_fraction": fractions["full_macs"],
              "teacher_params": teacher.params, "teacher_macs": teacher.macs, **predicted}
-    return Plan(model_name, fingerprint(teacher_config), method, list(remove), config, weight_map, SPACE,
+    return Plan(model_name, fingerprint(teacher_config), method, list(remove), config, weight_map, kind,
                 budget, costs, provenance())
 
 

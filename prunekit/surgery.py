@@ -1,8 +1,10 @@
-"""Surgery: a teacher U-Net and the units to remove -> a standard diffusers student and its weight map.
+"""Surgery: the one place that turns a teacher U-Net and the units to remove into a student and its weight map.
 
-The student is a plain `UNet2DConditionModel` (space "standard"): per-stage `layers_per_block`,
-`mid_block_type=None`, fewer stages, plain blocks where every attention of a block went. What such a
-config can express:
+A plan has one of two kinds (KINDS). A `diffusers` plan's student is a plain `UNet2DConditionModel`:
+per-stage `layers_per_block`, `mid_block_type=None`, fewer stages, plain blocks where every attention of a
+block went. A `free` plan's student is the teacher's architecture with the removed units swapped for
+prunekit's parameter-free stand-ins (prunekit.students), so any set of non-overlapping units can go. What a
+diffusers config can express:
 
 - a down block keeps k >= 1 resnets, each with its attention or all attentions of the block gone;
   its mirror up block then keeps k + 1 (diffusers feeds each up resnet one skip connection);
@@ -12,7 +14,9 @@ config can express:
 
 Anything else raises a PrunekitError, as does a removal whose kept modules no longer fit their new place
 (every mapped tensor must keep its shape). The weight map names, for every student module that holds
-tensors, the one teacher module its tensors come from: "up_blocks.1.resnets.1" <- "up_blocks.1.resnets.2".
+tensors, the one teacher module its tensors come from: "up_blocks.1.resnets.1" <- "up_blocks.1.resnets.2"
+(a free student keeps every module where it was). `derive` gives both for a kind; `build_student` builds the
+student with every tensor copied exactly from the teacher.
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.graph import Removed
 
-SPACE = "standard"
+KINDS = ("diffusers", "free")
 
 _PLAIN = {"CrossAttnDownBlock2D": "DownBlock2D", "CrossAttnUpBlock2D": "UpBlock2D"}
 # Config entries holding one value per stage, in down order and in up order.
@@ -62,12 +67,7 @@ class SurgeryReport:
         return "; ".join(items[:limit]) + more
 
 
-def _gone(path: str, removed: set[str]) -> bool:
-    parts = path.split(".")
-    return any(".".join(parts[:i]) in removed for i in range(1, len(parts) + 1))
-
-
-def removed_modules(teacher, remove: list[str]) -> set[str]:
+def removed_modules(teacher, remove: list[str]) -> Removed:
     """The module paths of the units named in `remove`; unknown names raise one PrunekitError listing them."""
     from prunekit.graph import all_units
 
@@ -76,43 +76,43 @@ def removed_modules(teacher, remove: list[str]) -> set[str]:
     if unknown:
         raise PrunekitError(f"unknown unit name(s) {', '.join(unknown)}: run `prunekit inspect` on the model "
                             "to list the units it has.")
-    return {path for name in remove for path in units[name].modules}
+    return Removed.of(units[name] for name in remove)
 
 
-def _refuse_partial(removed: set[str]) -> None:
-    for path in sorted(removed):
+def _refuse_partial(removed: Removed) -> None:
+    for path in sorted(removed.paths):
         if ".transformer_blocks." in path:
-            raise PrunekitError(f"removing single transformer layers ({path}) has no standard diffusers U-Net: "
+            raise PrunekitError(f"removing single transformer layers ({path}) has no diffusers U-Net: "
                                 "remove the whole attention instead.")
         if path.startswith("mid_block."):
-            raise PrunekitError(f"removing part of the mid block ({path}) has no standard diffusers U-Net: "
+            raise PrunekitError(f"removing part of the mid block ({path}) has no diffusers U-Net: "
                                 "remove the whole `mid` unit or keep it.")
         if path.startswith("up_blocks") and path.endswith("upsamplers.0"):
-            raise PrunekitError(f"removing {path} alone has no standard diffusers U-Net: keep the upsamplers.")
+            raise PrunekitError(f"removing {path} alone has no diffusers U-Net: keep the upsamplers.")
 
 
-def _stages_removed(teacher: nn.Module, removed: set[str]) -> int:
+def _stages_removed(teacher: nn.Module, removed: Removed) -> int:
     """How many innermost stages go; refuses stages that are not innermost or not removed both ways."""
     n = len(teacher.down_blocks)
-    down = [d for d in range(n) if _gone(f"down_blocks.{d}", removed)]
-    up = [s for s in range(n) if _gone(f"up_blocks.{s}", removed)]
+    down = [d for d in range(n) if removed.covers(f"down_blocks.{d}")]
+    up = [s for s in range(n) if removed.covers(f"up_blocks.{s}")]
     m = len(down)
     if down != list(range(n - m, n)) or up != list(range(m)):
         raise PrunekitError("only whole stages from the inside out (stage0, then stage1, ...) can go from a "
-                            "standard diffusers U-Net: remove stage units, innermost first.")
+                            "diffusers U-Net: remove stage units, innermost first.")
     if m >= n:
         raise PrunekitError("a U-Net needs at least one stage: keep the outermost one.")
     for d in range(n - m - 1):
-        if _gone(f"down_blocks.{d}.downsamplers.0", removed):
-            raise PrunekitError(f"removing down{d}.downsample alone has no standard diffusers U-Net: "
+        if removed.covers(f"down_blocks.{d}.downsamplers.0"):
+            raise PrunekitError(f"removing down{d}.downsample alone has no diffusers U-Net: "
                                 "remove its whole stage instead.")
     return m
 
 
-def _kept(block: nn.Module, path: str, removed: set[str]) -> _Kept:
+def _kept(block: nn.Module, path: str, removed: Removed) -> _Kept:
     attentions = getattr(block, "attentions", None) or []
-    resnets = [i for i in range(len(block.resnets)) if not _gone(f"{path}.resnets.{i}", removed)]
-    attns = [i for i in range(len(attentions)) if not _gone(f"{path}.attentions.{i}", removed)]
+    resnets = [i for i in range(len(block.resnets)) if not removed.covers(f"{path}.resnets.{i}")]
+    attns = [i for i in range(len(attentions)) if not removed.covers(f"{path}.attentions.{i}")]
     kept = _Kept(path, resnets, attns, bool(attentions))
     if not resnets:
         raise PrunekitError(f"every resnet of {path} would go: remove its whole stage instead.")
@@ -137,7 +137,7 @@ def _student_types(types: list[str], blocks: list[_Kept]) -> list[str]:
     for kind, kept in zip(types, blocks):
         if kept.had_attentions and not kept.attentions:
             if kind not in _PLAIN:
-                raise PrunekitError(f"{kind} has no attention-free standard twin: keep the attentions of {kept.path}.")
+                raise PrunekitError(f"{kind} has no attention-free diffusers twin: keep the attentions of {kept.path}.")
             kind = _PLAIN[kind]
         out.append(kind)
     return out
@@ -169,7 +169,7 @@ def _config_and_blocks(teacher: nn.Module, remove: list[str]):
     config["up_block_types"] = _student_types(config["up_block_types"], up)
     layers = [len(k.resnets) for k in down]
     config["layers_per_block"] = layers[0] if len(set(layers)) == 1 else layers
-    if _gone("mid_block", removed):
+    if removed.covers("mid_block"):
         config["mid_block_type"] = None
     return config, down, up
 
@@ -233,9 +233,9 @@ def check_map(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str]
 
 
 def student_config(teacher_config: dict, remove: list[str]) -> tuple[dict, dict[str, str]]:
-    """The standard diffusers config of the student left by removing `remove`, and its weight map.
+    """The diffusers config of the student left by removing `remove`, and its weight map.
 
-    Raises a PrunekitError where the removal has no standard diffusers equivalent.
+    Raises a PrunekitError where the removal has no diffusers equivalent.
     """
     from prunekit.models import build_unet_meta
 
@@ -245,28 +245,59 @@ def student_config(teacher_config: dict, remove: list[str]) -> tuple[dict, dict[
     weight_map = _weight_map(student, down, up)
     report, _ = check_map(student, teacher, weight_map)
     if not report.ok:
-        raise PrunekitError(f"this removal leaves modules that no longer fit a standard diffusers U-Net "
+        raise PrunekitError(f"this removal leaves modules that no longer fit a diffusers U-Net "
                             f"({report.problems()}): remove other units.")
     return config, weight_map
 
 
-def build_student(teacher_unet: nn.Module, plan_or_remove, strict: bool = True):
-    """The student of a Plan (its stored config and map) or of a list of unit names, and a SurgeryReport.
+def derive(teacher_config: dict, remove: list[str], kind: str) -> tuple[dict, dict[str, str]]:
+    """The student config and weight map that removing `remove` leaves, for a plan of `kind` (see KINDS).
+
+    A free student's config is the teacher's (its stand-ins come from the removed units); its map keeps every
+    module where it was.
+    """
+    from prunekit.models import build_unet_meta, canonical_config
+
+    if kind not in KINDS:
+        raise PrunekitError(f"unknown plan kind {kind!r}: use one of {', '.join(KINDS)}.")
+    if kind == "diffusers":
+        return student_config(teacher_config, remove)
+    from prunekit.students import REMOVED_KEY
+
+    removed_modules(teacher_config, remove)  # every name is a unit of this teacher
+    teacher = build_unet_meta(teacher_config)
+    config = {**canonical_config(teacher_config), REMOVED_KEY: list(remove)}
+    return config, {name: name for name, module in teacher.named_children() if module.state_dict()}
+
+
+def _student_module(config: dict, kind: str, remove: list[str]):
+    from diffusers import UNet2DConditionModel
+
+    from prunekit.students import free_unet
+
+    return UNet2DConditionModel.from_config(config) if kind == "diffusers" else free_unet(config, remove)
+
+
+def build_student(teacher_unet: nn.Module, plan_or_remove, kind: str = "diffusers", strict: bool = True):
+    """The student of a Plan (its kind, stored config and map) or of a list of unit names removed as a plan of
+    `kind`, and a SurgeryReport.
 
     The student lies on the teacher's device in its dtype (a meta teacher gives a meta student) and every
     tensor is copied from the teacher through the weight map. With `strict`, a student tensor without
     exactly one same-shape teacher source raises a PrunekitError; otherwise the report lists it and it
     keeps its fresh initialisation.
     """
-    from diffusers import UNet2DConditionModel
-
     if isinstance(plan_or_remove, (list, tuple)):
-        config, weight_map = student_config(dict(teacher_unet.config), plan_or_remove)
+        remove = list(plan_or_remove)
+        config, weight_map = derive(dict(teacher_unet.config), remove, kind)
     else:
+        remove, kind = list(plan_or_remove.remove), plan_or_remove.kind
         config, weight_map = plan_or_remove.student_config, plan_or_remove.weight_map
     device, dtype = teacher_unet.device, teacher_unet.dtype
     with torch.device(device):
-        student = UNet2DConditionModel.from_config(config).to(dtype)
+        student = _student_module(config, kind, remove)
+    if student.dtype != dtype:
+        student = student.to(dtype)
     report, sources = check_map(student, teacher_unet, weight_map)
     if strict and not report.ok:
         raise PrunekitError(f"the plan's weight map does not fit this teacher ({report.problems()}): "

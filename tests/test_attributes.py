@@ -7,8 +7,9 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
-from prunekit.attributes import ATTRIBUTES, attribute_accuracy, judge, read
-from prunekit.data.shapes import BACKGROUNDS, COLORS, POSITIONS, SHAPES, Attributes, render, sample, to_tensor
+from prunekit.shapes.judge import ATTRIBUTES, attribute_accuracy, judge, read
+from prunekit.distill.data import to_tensor
+from prunekit.shapes.data import BACKGROUNDS, COLORS, POSITIONS, SHAPES, Attributes, render, sample
 from prunekit.models import ASSETS
 
 N_HELDOUT = 400

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import stand_ins
 from prunekit.cli import main
-from prunekit.data import shapes
+from prunekit.shapes import data as shapes
 from prunekit.distill import distill
 from prunekit.distill.cache import Encoder, build_cache, cache_key
 from prunekit.distill.data import Captioned, EpochSampler, FolderSource, flips, open_source
@@ -22,7 +22,7 @@ from prunekit.distill.features import FeatureTaps, feature_pairs, match_points
 from prunekit.distill.losses import Weights, distill_losses, feature_loss, task_target
 from prunekit.errors import PrunekitError
 from prunekit.guidance_tuning import TunedGuidance
-from prunekit.models import recommended_guidance, tuned_guidance, write_recommended_guidance
+from prunekit.card import ModelCard
 from prunekit.plan import Plan, make_preset
 from prunekit.surgery import build_student
 
@@ -52,7 +52,7 @@ def teacher():
 def teacher_dir(tmp_path_factory, teacher):
     directory = tmp_path_factory.mktemp("teacher")
     teacher.save_pretrained(directory)
-    write_recommended_guidance(directory, TEACHER_GUIDANCE)
+    ModelCard(guidance=TEACHER_GUIDANCE, data="shapes").write(directory)  # a stand-in of a shapes model
     return directory
 
 
@@ -305,7 +305,7 @@ def test_distill_writes_a_plain_diffusers_student(tmp_path, teacher_dir, plans, 
     assert {"attribute_accuracy", "clip_score"} <= set(evaluation["student_after"])
     assert evaluation["settings"]["num_prompts"] == 2
     # teacher and students are sampled at the teacher's guidance, and the saved student keeps it
-    assert evaluation["settings"]["guidance"] == recommended_guidance(str(out / "student")) == TEACHER_GUIDANCE
+    assert evaluation["settings"]["guidance"] == ModelCard.read(out / "student").guidance == TEACHER_GUIDANCE
 
 
 def test_folder_data_from_the_latent_cache(tmp_path, teacher_dir, plans):
@@ -331,15 +331,15 @@ def test_plain_fine_tuning_does_not_run_the_teacher(tmp_path, teacher_dir, plans
 def test_a_guidance_tuned_teacher_passes_its_tuned_task_target_on(tmp_path, teacher, teacher_dir, plans):
     tuned_dir = tmp_path / "tuned-teacher"
     teacher.save_pretrained(tuned_dir)
-    write_recommended_guidance(tuned_dir, 7.5, TunedGuidance(7.5, 3.0))
+    ModelCard(guidance=7.5, tuned=TunedGuidance(7.5, 3.0)).write(tuned_dir)
     runs = {}
     for name, directory in (("ordinary", teacher_dir), ("tuned", tuned_dir)):
         distill(plans["bk-small"], "shapes", tmp_path / name, teacher=str(directory), lambda_out=0, lambda_feat=0,
                 **{**FAST, "steps": 1})
         runs[name] = float((tmp_path / name / "logs.csv").read_text().splitlines()[1].split(",")[2])
     assert runs["tuned"] != pytest.approx(runs["ordinary"], rel=1e-3)  # same seed and student: only the target differs
-    assert tuned_guidance(str(tmp_path / "tuned" / "student")) == TunedGuidance(7.5, 3.0)
-    assert tuned_guidance(str(tmp_path / "ordinary" / "student")) is None
+    assert ModelCard.read(tmp_path / "tuned" / "student").tuned == TunedGuidance(7.5, 3.0)
+    assert ModelCard.read(tmp_path / "ordinary" / "student").tuned is None
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, teacher_dir, plans):
@@ -439,3 +439,41 @@ def test_accelerate_launch(tmp_path, teacher_dir, plans, launch, processes):
     rows = [line.split(",") for line in (out / "logs.csv").read_text().splitlines()[1:]]
     assert len(rows) == 2 and all(float(row[4]) > 0 for row in rows)  # feature KD ran through the hooks
     assert StableDiffusionPipeline.from_pretrained(out / "student", local_files_only=True).unet is not None
+
+
+# -- every kind of plan -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, remove", [("diffusers", None), ("free", ["down1.attn1", "mid", "up2.res1"])])
+def test_every_kind_distils_into_a_student_that_reloads_with_the_plans_parameters(tmp_path, teacher, teacher_dir,
+                                                                                  kind, remove):
+    from diffusers import DiffusionPipeline
+
+    from prunekit.plan import make_plan, preset_remove
+    from prunekit.students import load_student
+
+    config = dict(teacher.unet.config)
+    made = make_plan("stand-in", config, remove or preset_remove("bk-small", config), "test", kind=kind)
+    plan_path = made.save(tmp_path / "plan.json")
+    student, _ = build_student(teacher.unet, Plan.load(plan_path, config))
+    assert sum(p.numel() for p in student.parameters()) == made.predicted["params"]
+    state, teacher_state = student.state_dict(), teacher.unet.state_dict()
+    if kind == "free":  # a free student keeps every kept tensor where it was, copied exactly
+        assert set(state) < set(teacher_state) and all(torch.equal(state[key], teacher_state[key]) for key in state)
+
+    out = tmp_path / "out"
+    distill(plan_path, "shapes", out, teacher=str(teacher_dir), ema=True, **FAST)
+    for folder in ("student", "student_ema"):
+        manifest = json.loads((out / folder / "prunekit_student.json").read_text())
+        assert manifest["kind"] == kind and manifest["params"] == made.predicted["params"]
+    reloaded = load_student(out / "student")
+    assert sum(p.numel() for p in reloaded.unet.parameters()) == made.predicted["params"]
+    plain = DiffusionPipeline.from_pretrained(out / "student", local_files_only=True)  # prunekit's class, by name
+    assert type(plain.unet) is type(reloaded.unet) and torch.equal(plain.unet.conv_in.weight,
+                                                                    reloaded.unet.conv_in.weight)
+    if kind == "free":  # plain diffusers finds no weights to fill the removed modules with, and says so
+        with pytest.raises(OSError):
+            UNet2DConditionModel.from_pretrained(out / "student" / "unet")
+        ema = type(reloaded.unet).from_pretrained(out / "student_ema")
+        assert sum(p.numel() for p in ema.parameters()) == made.predicted["params"]
+    else:
+        assert type(reloaded.unet) is UNet2DConditionModel

@@ -3,19 +3,20 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import stand_ins
-from prunekit.data import shapes
+from prunekit.shapes import data as shapes
 from prunekit.evaluate import evaluate
 from prunekit.errors import PrunekitError
-from prunekit.generate import generate, generate_latents, image_seeds
-from prunekit.models import ASSETS, load_pipeline, recommended_guidance, write_recommended_guidance
+from prunekit.generate import generate, image_seeds
+from prunekit.card import ModelCard
+from prunekit.models import ASSETS, resolve_model
 
 SHAPES_KEYS = {"attribute_accuracy", "clip_score", "clip_score_real", "clip_score_ratio", "num_prompts", "steps",
                "guidance", "seed", "seconds_per_image", "prompts", "clip_model"}
 FILE_KEYS = SHAPES_KEYS - {"attribute_accuracy", "clip_score_real", "clip_score_ratio"}
 FAST = {"steps": 2, "progress": False}
+SHAPES = {"prompts": "shapes", **FAST}  # the stand-in has no card: its default prompt set is everyday
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def clip_dir(tmp_path_factory):
 
 
 def test_shapes_evaluation_from_a_directory(pipe_dir, clip_dir):
-    result = evaluate(str(pipe_dir), num_prompts=3, batch_size=2, clip_model=str(clip_dir), **FAST)
+    result = evaluate(str(pipe_dir), num_prompts=3, batch_size=2, clip_model=str(clip_dir), **SHAPES)
     assert set(result) == SHAPES_KEYS
     assert list(result["attribute_accuracy"]) == ["color", "shape", "position", "size", "all"]
     assert all(0 <= value <= 1 for value in result["attribute_accuracy"].values())
@@ -47,25 +48,31 @@ def test_shapes_evaluation_from_a_directory(pipe_dir, clip_dir):
     json.dumps(result, allow_nan=False)
 
 
-def test_guidance_defaults_to_the_pipelines_recommended_scale(pipe, tmp_path, clip_dir):
+def test_guidance_and_prompts_default_to_the_model_card(pipe, tmp_path, clip_dir, monkeypatch):
     pipe.save_pretrained(tmp_path)
-    write_recommended_guidance(tmp_path, 2.0)
-    assert evaluate(str(tmp_path), num_prompts=2, clip_model=str(clip_dir), **FAST)["guidance"] == 2.0
-    loaded, prompts, seeds = load_pipeline(str(tmp_path)), ["a large blue star in the top left"], image_seeds(0, 1)
-    default = generate_latents(loaded, prompts, seeds, steps=2, progress=False)
-    assert torch.equal(default, generate_latents(loaded, prompts, seeds, steps=2, guidance=2.0, progress=False))
-    assert not torch.equal(default, generate_latents(loaded, prompts, seeds, steps=2, guidance=7.5, progress=False))
+    ModelCard(guidance=2.0, prompts="shapes").write(tmp_path)
+    result = evaluate(str(tmp_path), num_prompts=2, clip_model=str(clip_dir), **FAST)
+    assert result["guidance"] == 2.0 and result["prompts"] == "shapes" and "attribute_accuracy" in result
+    sampled = []
+    monkeypatch.setattr("prunekit.evaluate.generate",
+                        lambda pipe, texts, seeds, steps, guidance, *args: sampled.append(guidance) or
+                        [shapes.render(shapes.parse_caption(text)) for text in texts])
+    model = resolve_model(str(tmp_path))
+    evaluate(model, num_prompts=1, clip_model=str(clip_dir), pipeline=pipe, **FAST)  # a pipeline made of its parts
+    evaluate(model, num_prompts=1, clip_model=str(clip_dir), pipeline=pipe, guidance=7.5, **FAST)
+    assert sampled == [2.0, 7.5]
 
 
-def test_training_combinations_are_scored_like_held_out_ones(pipe, clip_dir, monkeypatch):
+def test_training_combinations_are_scored_like_held_out_ones(pipe, pipe_dir, clip_dir, monkeypatch):
     asked, real = [], shapes.prompts
     monkeypatch.setattr(shapes, "prompts", lambda split, n, seed: asked.append(split) or real(split, n, seed))
-    result = evaluate(pipe, prompts="shapes-train", num_prompts=2, clip_model=str(clip_dir), **FAST)
+    result = evaluate(pipe_dir, pipeline=pipe, prompts="shapes-train", num_prompts=2, clip_model=str(clip_dir), **FAST)
     assert set(result) == SHAPES_KEYS and asked == ["train"] and result["prompts"] == "shapes-train"
 
 
-def test_results_do_not_depend_on_batch_size(pipe, clip_dir):
-    one, three = (evaluate(pipe, num_prompts=3, batch_size=size, clip_model=str(clip_dir), **FAST) for size in (1, 3))
+def test_results_do_not_depend_on_batch_size(pipe_dir, clip_dir):
+    one, three = (evaluate(pipe_dir, num_prompts=3, batch_size=size, clip_model=str(clip_dir), **SHAPES)
+                  for size in (1, 3))
     one.pop("seconds_per_image"), three.pop("seconds_per_image")
     assert one == three
 
@@ -85,25 +92,26 @@ def test_image_seeds():
     assert not set(image_seeds(0, 10)) & set(image_seeds(1, 10))
 
 
-def test_prompt_file(tmp_path, pipe, clip_dir):
+def test_prompt_file(tmp_path, pipe_dir, clip_dir):
     path = tmp_path / "prompts.txt"
     path.write_text("a photo of a cat\n\n  a red car  \na bowl of soup\n")
-    result = evaluate(pipe, prompts=str(path), num_prompts=2, clip_model=str(clip_dir), **FAST)
+    result = evaluate(pipe_dir, prompts=str(path), num_prompts=2, clip_model=str(clip_dir), **FAST)
     assert set(result) == FILE_KEYS and result["num_prompts"] == 2 and result["prompts"] == str(path)
 
 
 @pytest.mark.parametrize("content", [None, "\n  \n"], ids=["missing", "empty"])
-def test_bad_prompt_file(tmp_path, pipe, clip_dir, content):
+def test_bad_prompt_file(tmp_path, pipe_dir, clip_dir, content):
     path = tmp_path / "prompts.txt"
     if content is not None:
         path.write_text(content)
     with pytest.raises(PrunekitError, match="prompt"):
-        evaluate(pipe, prompts=str(path), clip_model=str(clip_dir), **FAST)
+        evaluate(pipe_dir, prompts=str(path), clip_model=str(clip_dir), **FAST)
 
 
-def test_clip_model_is_checked_before_generating(tmp_path):
+def test_clip_model_is_checked_before_generating(tmp_path, pipe_dir, monkeypatch):
+    monkeypatch.setattr("prunekit.evaluate.generate", lambda *args: pytest.fail("generated before the CLIP check"))
     with pytest.raises(PrunekitError, match="CLIP"):
-        evaluate("no-such-model", clip_model=str(tmp_path), **FAST)
+        evaluate(pipe_dir, clip_model=str(tmp_path), **FAST)
 
 
 def test_unknown_model(clip_dir):
@@ -127,6 +135,6 @@ def test_guidance_sweep_chooses_on_training_prompts_and_records_the_choice(pipe,
     assert script.choose(rows) == 3.0  # held-out numbers never decide; ties go to the CLIP ratio
     chosen = script.main(["--model", model, "--clip-model", str(clip_dir), "--guidances", "1,3", "--num-prompts", "2",
                           "--steps", "2", "--write", "--out", str(tmp_path / "report")])
-    assert recommended_guidance(model) == chosen in (1.0, 3.0)
+    assert ModelCard.read(model).guidance == chosen in (1.0, 3.0)
     table = (tmp_path / "report" / "table.csv").read_text().splitlines()
     assert len(table) == 5 and table[0].startswith("prompts,guidance,color,shape,position,size,all")

@@ -69,14 +69,15 @@ def test_each_candidate_is_measured_once_and_a_rerun_measures_nothing(tmp_path, 
     run = run_dir(tmp_path / "run", pipe_dir, clip_dir)
     calls = []
     for method in ("greedy", "optuna", "greedy"):
-        made = plan(pipe_dir, 0.97, sensitivity=str(run), objective="measured", method=method, space="free",
-                    trials=12, measure=counting(measure, calls), out=tmp_path / f"{method}.json", progress=False)
+        made = plan(pipe_dir, budget=0.97, sensitivity=str(run), objective="measured", method=method, kind="free",
+                    trials=12, measure=counting(measure, calls), out=tmp_path / f"{method}.json", force=True,
+                    progress=False)
         assert made.predicted["loss"] == measure(made.remove)
     assert calls and len(calls) == len(set(calls))  # greedy and Optuna share the cache: none measured twice
     before = len(calls)
     for method in ("greedy", "optuna"):  # the same searches again: everything comes from the run's cache
-        plan(pipe_dir, 0.97, sensitivity=str(run), objective="measured", method=method, space="free", trials=12,
-             measure=counting(measure, calls), out=tmp_path / "again.json", progress=False)
+        plan(pipe_dir, budget=0.97, sensitivity=str(run), objective="measured", method=method, kind="free", trials=12,
+             measure=counting(measure, calls), out=tmp_path / "again.json", force=True, progress=False)
     assert len(calls) == before
 
 

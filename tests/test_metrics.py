@@ -11,7 +11,7 @@ from PIL import Image
 
 import stand_ins
 from prunekit import metrics
-from prunekit.data.shapes import sample
+from prunekit.shapes.data import sample
 from prunekit.errors import PrunekitError
 from prunekit.models import ASSETS
 
@@ -78,7 +78,7 @@ def test_bad_clip_names(tmp_path):
 @pytest.mark.skipif(not (ASSETS / "tiny-clip").is_dir(), reason="the bundled tiny-clip is not built yet")
 def test_bundled_tiny_clip_prefers_matching_captions(shapes_batch):
     images, captions = shapes_batch
-    metric = metrics.clip_score_metric(metrics.BUNDLED_CLIP)
+    metric = metrics.clip_score_metric("tiny-clip")
     matched = metrics.clip_score(images, captions, metric)
     assert matched > metrics.clip_score(images, captions[1:] + captions[:1], metric)
 

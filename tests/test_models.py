@@ -7,6 +7,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from prunekit import models
+from prunekit.card import FILE as CARD_FILE
+from prunekit.card import SD_GUIDANCE, ModelCard
 from prunekit.errors import PrunekitError
 from prunekit.guidance_tuning import TunedGuidance
 
@@ -50,14 +52,14 @@ def test_local_weights_load(tmp_path):
 
 def test_unknown_model_is_a_user_error():
     with pytest.raises(PrunekitError, match="unknown model"):
-        models.resolve("no-such-model")
+        models.locate("no-such-model")
 
 
 @pytest.mark.parametrize("offline", ["1", ""])
 def test_hub_weights_fail_fast_and_clearly_offline(monkeypatch, tmp_path, offline):
     monkeypatch.setenv("HF_HUB_OFFLINE", offline)
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
-    for load in (lambda: models.load_unet("sd-v1-4", weights=True), lambda: models.load_pipeline("sd-v1-4"),
+    for load in (lambda: models.load_unet("sd-v1-4", weights=True), lambda: models.resolve_model("sd-v1-4").pipeline(),
                  lambda: models.unet_config("someone/some-model")):
         start = time.perf_counter()
         with pytest.raises(PrunekitError, match="local directory"):
@@ -65,32 +67,32 @@ def test_hub_weights_fail_fast_and_clearly_offline(monkeypatch, tmp_path, offlin
         assert time.perf_counter() - start < 10
 
 
-def test_recommended_guidance_comes_from_the_pipeline_directory(tmp_path):
-    assert models.recommended_guidance("sd-v1-4") == models.SD_GUIDANCE == 7.5  # hub models: SD's scale
-    assert models.recommended_guidance(str(tmp_path)) == 7.5  # a directory without prunekit.json
-    models.write_recommended_guidance(tmp_path, 1.5)
-    assert models.recommended_guidance(str(tmp_path)) == 1.5
-
-    class Loaded:  # a loaded pipeline knows the directory it came from
-        name_or_path = str(tmp_path)
-    assert models.recommended_guidance(Loaded()) == 1.5
-    for bad in ('{"guidance_scale": 0.5}', '{"guidance": 2}', "[2]", "not json"):
-        (tmp_path / models.SAMPLING_FILE).write_text(bad)
-        with pytest.raises(PrunekitError, match="guidance_scale of at least 1"):
-            models.recommended_guidance(str(tmp_path))
+def test_the_card_gives_guidance_from_the_pipeline_directory(tmp_path):
+    assert models.resolve_model("sd-v1-4").card.guidance == SD_GUIDANCE == 7.5  # hub models: SD's scale
+    assert ModelCard.read(tmp_path).guidance == 7.5  # a directory without prunekit.json
+    ModelCard(guidance=1.5).write(tmp_path)
+    assert ModelCard.read(tmp_path).guidance == 1.5
+    # a model resolved once carries its card: a pipeline rebuilt from its parts is sampled by it, not by a guess
+    assert models.resolve_model(str(tmp_path)).card.guidance == 1.5
+    for bad, message in (('{"guidance_scale": 0.5}', "guidance_scale of at least 1"),
+                         ('{"guidance": 2}', "unknown key.*guidance:"), ("[2]", "guidance_scale of at least 1"),
+                         ("not json", "guidance_scale of at least 1"), ('{"prompts": 3}', "prompts must be text")):
+        (tmp_path / CARD_FILE).write_text(bad)
+        with pytest.raises(PrunekitError, match=message):
+            ModelCard.read(tmp_path)
 
 
 def test_guidance_tuning_is_recorded_beside_the_scale_and_kept_when_the_scale_changes(tmp_path):
-    assert models.tuned_guidance(str(tmp_path)) is None and models.tuned_guidance("sd-v1-4") is None
-    models.write_recommended_guidance(tmp_path, 7.5, TunedGuidance(7.5, 3.0))
-    models.write_recommended_guidance(tmp_path, 5.0)  # a guidance sweep records another scale
-    assert models.recommended_guidance(str(tmp_path)) == 5.0
-    assert models.tuned_guidance(str(tmp_path)) == TunedGuidance(7.5, 3.0)
+    assert ModelCard.read(tmp_path).tuned is None and models.resolve_model("sd-v1-4").card.tuned is None
+    ModelCard(guidance=7.5, tuned=TunedGuidance(7.5, 3.0), prompts="shapes").write(tmp_path)
+    ModelCard.read(tmp_path).with_guidance(5.0).write(tmp_path)  # a guidance sweep records another scale
+    card = ModelCard.read(tmp_path)
+    assert card.guidance == 5.0 and card.tuned == TunedGuidance(7.5, 3.0) and card.prompts == "shapes"
     for bad in ('{"guidance_scale": 2, "tuned_guidance": {"scale": 7.5}}',
                 '{"guidance_scale": 2, "tuned_guidance": 7.5}'):
-        (tmp_path / models.SAMPLING_FILE).write_text(bad)
+        (tmp_path / CARD_FILE).write_text(bad)
         with pytest.raises(PrunekitError, match="tuned_guidance must be an object"):
-            models.tuned_guidance(str(tmp_path))
+            ModelCard.read(tmp_path)
     with pytest.raises(PrunekitError, match="scale above 1"):
         TunedGuidance(1.0, 1.0)
 

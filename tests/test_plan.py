@@ -6,7 +6,7 @@ import pytest
 
 from prunekit.errors import PrunekitError
 from prunekit.models import build_unet_meta, unet_config
-from prunekit.plan import FORMAT, Plan, load, make_preset, preset_remove
+from prunekit.plan import FORMAT, Plan, load, make_plan, make_preset, preset_remove
 
 TINY = {
     "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -33,7 +33,7 @@ def test_presets_predict_bk_sdm_costs(sd, preset, params, macs):
     assert plan.predicted["teacher_params"] == 859_520_964
     assert plan.predicted["teacher_macs"] == pytest.approx(338.7e9, rel=0.005)
     assert plan.predicted["params_fraction"] == pytest.approx(params / 859_520_964)
-    assert plan.method == f"preset:{preset}" and plan.space == "standard"
+    assert plan.method == f"preset:{preset}" and plan.kind == "diffusers"
 
 
 def test_sdxl_has_its_params_but_no_presets():
@@ -80,7 +80,7 @@ def test_plan_json_round_trips(plan, tmp_path):
     path = plan.save(tmp_path / "run" / "plan.json")
     data = json.loads(path.read_text())
     assert data["format"] == FORMAT and data["model"] == {"name": "tiny", "unet_fingerprint": plan.unet_fingerprint}
-    assert data["student"]["space"] == "standard" and data["student"]["unet_config"]["mid_block_type"] is None
+    assert data["student"]["kind"] == "diffusers" and data["student"]["unet_config"]["mid_block_type"] is None
     assert set(data["predicted"]) >= {"params", "params_fraction", "macs", "macs_fraction"}
     assert set(data["provenance"]) >= {"prunekit", "created"}
     again = load(path, teacher_config=TINY)
@@ -126,4 +126,74 @@ def test_plans_for_another_unet_are_refused(plan, tmp_path, sd):
     foreign = {**plan.to_dict(), "remove": ["down0.pair1", "down7.pair1", "stage5"]}
     with pytest.raises(PrunekitError, match="lacks: down7.pair1, stage5;") as error:
         load(write(tmp_path, foreign), teacher_config=TINY)
+    one_sentence(error)
+
+
+FREE_REMOVE = ["down1.attn1", "mid", "up2.res1"]  # no diffusers config can drop these: a free plan
+
+
+@pytest.mark.parametrize("kind, remove", [("diffusers", preset_remove("bk-small", TINY)), ("free", FREE_REMOVE)])
+def test_every_kind_of_plan_builds_the_student_it_predicts(kind, remove, tmp_path):
+    from prunekit.costs import unet_costs
+    from prunekit.surgery import build_student
+
+    made = make_plan("tiny", TINY, remove, "test", kind=kind)
+    student, report = build_student(build_unet_meta(TINY), Plan.load(made.save(tmp_path / "p.json"), TINY))
+    params = sum(p.numel() for p in student.parameters())
+    assert report.ok and params == made.predicted["params"] == unet_costs(made.student_config).params
+    assert params < made.predicted["teacher_params"]
+    assert type(student).__name__ == ("UNet2DConditionModel" if kind == "diffusers" else "FreeUNet2DConditionModel")
+
+
+def test_a_free_plan_predicts_the_teachers_cost_less_its_units():
+    from prunekit.graph import all_units
+
+    made = make_plan("tiny", TINY, FREE_REMOVE, "test", kind="free")
+    units = all_units(TINY)
+    assert made.predicted["params"] == made.predicted["teacher_params"] - sum(units[n].params for n in FREE_REMOVE)
+    assert 0.8 < made.predicted["params_fraction"] < 0.9
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"remove": ["mid", "mid.res0"]}, "overlap"),
+    ({"remove": ["mid", "mid"]}, "more than once"),
+    ({"remove": ["down0.res0", "down0.res0"]}, "more than once"),
+    ({"kind": "diffusers"}, "keeps attentions"),  # a free plan relabelled: no diffusers student removes these
+    ({"weight_map": {"conv_in": "conv_out"}}, "weight map does not follow"),
+    ({"unet_config": {"block_out_channels": [32, 64]}}, "student config does not follow"),
+    ({"kind": "sideways"}, "student.kind"),
+], ids=["overlap", "twice", "twice-res", "kind", "map", "config", "unknown-kind"])
+def test_a_plan_whose_student_does_not_follow_from_its_remove_list_is_refused(change, message, tmp_path):
+    data = make_plan("tiny", TINY, FREE_REMOVE, "test", kind="free").to_dict()
+    student = data["student"]
+    if "remove" in change:
+        data["remove"] = change["remove"]
+    for key in ("kind", "weight_map"):
+        if key in change:
+            student[key] = change[key]
+    if "unet_config" in change:
+        student["unet_config"] = {**student["unet_config"], **change["unet_config"]}
+    with pytest.raises(PrunekitError, match=message) as error:
+        load(write(tmp_path, data), teacher_config=TINY)
+    one_sentence(error)
+
+
+def test_a_plan_that_removes_every_unit_is_refused(tmp_path):
+    from prunekit.graph import enumerate_units, top_level
+
+    everything = [u.name for u in top_level(enumerate_units(TINY, "block", costs=False))]
+    with pytest.raises(PrunekitError, match="removes every unit") as error:
+        make_plan("tiny", TINY, everything, "test", kind="free")
+    one_sentence(error)
+    data = make_plan("tiny", TINY, FREE_REMOVE, "test", kind="free").to_dict()
+    data["remove"] = everything
+    with pytest.raises(PrunekitError, match="removes every unit"):
+        load(write(tmp_path, data), teacher_config=TINY)
+
+
+def test_a_plan_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(PrunekitError, match="not UTF-8") as error:
+        load(path)
     one_sentence(error)

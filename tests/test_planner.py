@@ -19,7 +19,7 @@ from prunekit.graph import all_units
 from prunekit.models import build_unet_meta, canonical_config, fingerprint, unet_config
 from prunekit.plan import Plan, preset_remove
 from prunekit.planner import latency, plan, summary
-from prunekit.planner.objective import Additive, SensitivityRun
+from prunekit.planner.objective import Additive
 from prunekit.planner.search import best_trial, search
 from prunekit.planner.space import DiffusersSpace, Layout, StageChoice
 from prunekit.surgery import student_config
@@ -135,10 +135,10 @@ def sd_runs(sd, tmp_path_factory):
 @pytest.mark.parametrize("method", ["greedy", "optuna"])
 @pytest.mark.parametrize("preset", list(BUDGETS))
 def test_bk_sdm_plans_are_found_when_the_sensitivities_point_there(sd, sd_runs, preset, method, tmp_path):
-    made = plan("sd-v1-4", BUDGETS[preset], sensitivity=sd_runs[preset], method=method, seed=0,
+    made = plan("sd-v1-4", budget=BUDGETS[preset], sensitivity=sd_runs[preset], method=method, seed=0,
                 out=tmp_path / "plan.json", progress=False)
     assert made.remove == preset_remove(preset, sd)
-    assert made.method == method and made.space == "standard"
+    assert made.method == method and made.kind == "diffusers"
     assert made.budget == {"metric": "params", "fraction": BUDGETS[preset]}
     assert made.predicted["params_fraction"] <= BUDGETS[preset]
     assert made.predicted["loss"] == pytest.approx(made.provenance["planner"]["presets"][preset]["loss"])
@@ -148,7 +148,7 @@ def test_bk_sdm_plans_are_found_when_the_sensitivities_point_there(sd, sd_runs, 
 @pytest.mark.parametrize("preset", list(BUDGETS))
 def test_tpe_alone_finds_them_too(sd, sd_space, preset):
     """The API enumerates a space no larger than --trials; TPE (seed 0, 200 trials) finds the plans as well."""
-    objective = Additive(SensitivityRun(Path("synthetic"), pointing_at(preset, sd)), sd_space.units)
+    objective = Additive(pointing_at(preset, sd), sd_space.units)
     study = search(sd_space.undominated("params", objective.unit), lambda s: sd_space.fraction(s, "params"),
                    lambda s: objective(sd_space.remove(s)), BUDGETS[preset], trials=200, seed=0, exhaustive=False)
     assert type(study.sampler).__name__ == "TPESampler"
@@ -156,7 +156,7 @@ def test_tpe_alone_finds_them_too(sd, sd_space, preset):
 
 
 def test_pruning_dominated_choices_keeps_the_best_plan(tiny_space):
-    objective = Additive(SensitivityRun(Path("synthetic"), random_table(TINY)), tiny_space.units)
+    objective = Additive(random_table(TINY), tiny_space.units)
     pruned = tiny_space.undominated("params", objective.unit)
     assert pruned.size() < tiny_space.size()
     for budget in (0.4, 0.6, 0.8):
@@ -168,7 +168,8 @@ def test_pruning_dominated_choices_keeps_the_best_plan(tiny_space):
 def test_greedy_respects_the_budget_and_gives_back_what_fits(tmp_path):
     run = write_run(tmp_path / "run", TINY, random_table(TINY, seed=3))
     for budget in (0.9, 0.7, 0.5):
-        made = plan(str(write_config(tmp_path)), budget, sensitivity=run, out=tmp_path / "p.json", progress=False)
+        made = plan(str(write_config(tmp_path)), budget=budget, sensitivity=run, out=tmp_path / "p.json", force=True,
+                    progress=False)
         assert made.predicted["params_fraction"] <= budget
 
 
@@ -180,7 +181,7 @@ def write_config(tmp_path):
 
 
 def test_optuna_is_deterministic_and_resumes_an_interrupted_study(tiny_space, tmp_path):
-    objective = Additive(SensitivityRun(Path("synthetic"), random_table(TINY)), tiny_space.units)
+    objective = Additive(random_table(TINY), tiny_space.units)
 
     def run(trials, storage=None):
         return search(tiny_space, lambda s: tiny_space.fraction(s, "params"), lambda s: objective(tiny_space.remove(s)),
@@ -198,7 +199,7 @@ def test_optuna_is_deterministic_and_resumes_an_interrupted_study(tiny_space, tm
 
 
 def test_pareto_front_is_written_beside_the_plan(sd, sd_runs):
-    made = plan("sd-v1-4", 0.562, sensitivity=sd_runs["bk-small"], method="optuna", pareto=True, progress=False)
+    made = plan("sd-v1-4", budget=0.562, sensitivity=sd_runs["bk-small"], method="optuna", pareto=True, progress=False)
     assert made.remove == preset_remove("bk-small", sd)
     assert (sd_runs["bk-small"] / "optuna.db").is_file() and (sd_runs["bk-small"] / "plan.json").is_file()
     with (sd_runs["bk-small"] / "pareto.csv").open() as handle:
@@ -220,14 +221,15 @@ def test_measured_objective_measures_each_candidate_once(tmp_path):
 
     run = write_run(tmp_path / "run", TINY, table)
     model = str(write_config(tmp_path))
-    additive = plan(model, 0.6, sensitivity=run, out=tmp_path / "a.json", progress=False)
-    measured = plan(model, 0.6, sensitivity=run, objective="measured", measure=measure, out=tmp_path / "m.json",
+    additive = plan(model, budget=0.6, sensitivity=run, out=tmp_path / "a.json", progress=False)
+    measured = plan(model, budget=0.6, sensitivity=run, objective="measured", measure=measure, out=tmp_path / "m.json",
                     progress=False)
     assert measured.remove == additive.remove
     assert measured.predicted["loss"] == pytest.approx(additive.predicted["loss"])
     assert len(calls) == len(set(calls)) > 0
     done = len(calls)
-    plan(model, 0.6, sensitivity=run, objective="measured", measure=measure, out=tmp_path / "m.json", progress=False)
+    plan(model, budget=0.6, sensitivity=run, objective="measured", measure=measure, out=tmp_path / "m.json", force=True,
+         progress=False)
     assert len(calls) == done  # every candidate came from the run directory's cache
 
 
@@ -245,9 +247,10 @@ def test_latency_budget_times_each_candidate_once(tmp_path, monkeypatch):
     monkeypatch.setattr(latency.LatencyMeter, "_build", lambda self, config: build_unet_meta(config))
     run = write_run(tmp_path / "run", TINY, random_table(TINY, seed=2))
     model = str(write_config(tmp_path))
-    by_params = plan(model, 0.9, sensitivity=run, out=tmp_path / "p.json", progress=False)
+    by_params = plan(model, budget=0.9, sensitivity=run, out=tmp_path / "p.json", progress=False)
     for space in ("diffusers", "free"):
-        by_latency = plan(model, 0.9, metric="latency", space=space, sensitivity=run, out=tmp_path / "l.json",
+        by_latency = plan(model, budget=0.9, metric="latency", kind=space, sensitivity=run, out=tmp_path / "l.json",
+                          force=True,
                           progress=False)
         assert by_latency.predicted["latency_fraction"] <= 0.9
         assert by_latency.provenance["planner"]["latency"]["timing"] == "eager"
@@ -255,7 +258,7 @@ def test_latency_budget_times_each_candidate_once(tmp_path, monkeypatch):
             assert by_latency.remove == by_params.remove
             assert by_latency.predicted["latency_fraction"] == pytest.approx(by_params.predicted["params_fraction"])
     done = len(timed)
-    plan(model, 0.9, metric="latency", sensitivity=run, out=tmp_path / "l.json", progress=False)
+    plan(model, budget=0.9, metric="latency", sensitivity=run, out=tmp_path / "l.json", force=True, progress=False)
     assert len(timed) == done
 
 
@@ -263,7 +266,7 @@ def test_latency_is_timed_for_real_students_and_stand_ins(one_thread):
     meter = latency.LatencyMeter(TINY, "cpu")
     assert meter.seconds([]) > 0
     assert meter.seconds(preset_remove("bk-tiny", TINY)) > 0
-    assert meter.seconds(["down1.attn0", "up2.res1"], standard=False) > 0
+    assert meter.seconds(["down1.attn0", "up2.res1"], kind="free") > 0
     assert meter.describe()["timing"] == "eager" and meter.describe()["dtype"] == "float32"
 
 
@@ -274,15 +277,15 @@ def test_free_plans_keep_the_teacher_and_name_stand_ins(tmp_path, granularity):
     names = {u.name for u in enumerate_units(TINY, granularity, costs=False)}
     table = {name: value for name, value in random_table(TINY, seed=4).items() if name in names}
     run = write_run(tmp_path / "run", TINY, table)
-    made = plan(str(write_config(tmp_path)), 0.5, space="free", sensitivity=run, out=tmp_path / "free.json",
+    made = plan(str(write_config(tmp_path)), budget=0.5, kind="free", sensitivity=run, out=tmp_path / "free.json",
                 progress=False)
-    assert made.space == "free" and set(made.remove) <= names
-    assert made.student_config == canonical_config(TINY)
+    assert made.kind == "free" and set(made.remove) <= names
+    assert made.student_config == {**canonical_config(TINY), "_prunekit_removed": made.remove}
     assert "stand-ins" in made.provenance["planner"]["student"]
     teacher_params = made.predicted["teacher_params"]
     removed = sum(all_units(TINY)[name].params for name in made.remove)
     assert made.predicted["params"] == teacher_params - removed <= 0.5 * teacher_params
-    assert Plan.load(tmp_path / "free.json", TINY).space == "free"
+    assert Plan.load(tmp_path / "free.json", TINY).kind == "free"
     torch.manual_seed(0)
     teacher = UNet2DConditionModel.from_config(TINY).eval()
     with torch.no_grad(), ablate(teacher, made.remove):
@@ -294,7 +297,7 @@ def test_free_plans_keep_the_teacher_and_name_stand_ins(tmp_path, granularity):
     ({"budget": 0}, r"outside \(0, 1\]"),
     ({"budget": 1.5}, r"outside \(0, 1\]"),
     ({"budget": 0.05}, r"smallest reachable is 0\.\d{4}"),
-    ({"metric": "flops"}, "unknown --metric"),
+    ({"metric": "flops"}, "unknown metric 'flops'"),
     ({"pareto": True}, "add --method optuna"),
     ({"sensitivity": None}, "needs --sensitivity"),
     ({"objective": "measured"}, "measuring function"),
@@ -310,13 +313,13 @@ def test_bad_requests_are_refused(tmp_path, kwargs, message):
 def test_sensitivity_runs_of_another_unet_or_without_rows_are_refused(tmp_path, sd):
     model = str(write_config(tmp_path))
     with pytest.raises(PrunekitError, match="sensitivity.csv is missing"):
-        plan(model, 0.5, sensitivity=tmp_path, progress=False)
+        plan(model, budget=0.5, sensitivity=tmp_path, progress=False)
     other = write_run(tmp_path / "sd", sd, random_table(TINY), "sd-v1-4")
     with pytest.raises(PrunekitError, match=r"another U-Net \(sd-v1-4"):
-        plan(model, 0.5, sensitivity=other, progress=False)
+        plan(model, budget=0.5, sensitivity=other, progress=False)
     sparse = write_run(tmp_path / "sparse", TINY, {"down0.pair1": 0.1})
     with pytest.raises(PrunekitError, match="has no row for"):
-        plan(model, 0.5, sensitivity=sparse, progress=False)
+        plan(model, budget=0.5, sensitivity=sparse, progress=False)
 
 
 def test_cli_plans_under_a_budget_and_prints_the_presets_beside(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """analyses/position_confusion.py: its bookkeeping on known readings, and a run on a stand-in pipeline."""
 import pytest
 
-from prunekit.data.shapes import POSITIONS, parse_caption
+from prunekit.shapes.data import POSITIONS, parse_caption
 
 
 @pytest.fixture

@@ -17,11 +17,10 @@ import pytest
 from PIL import Image, ImageStat
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import all_units, enumerate_units
+from prunekit.graph import Removed, Unit, all_units, enumerate_units
 from prunekit.models import fingerprint, unet_config
 from prunekit.plan import make_plan, preset_remove
 from prunekit.report import build_report
-from prunekit.report.diagram import removal_state
 
 TINY = {
     "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -153,17 +152,21 @@ def test_the_plan_drawing_strikes_the_removed_units(full_report):
     html = full_report.read_text()
     removed = preset_remove("bk-small", TINY)
     blocks = enumerate_units(TINY, "block")
-    paths = {p for name in removed for p in all_units(TINY)[name].modules}
-    expected = sum(removal_state(u.modules, paths) == "removed" for u in blocks)
+    gone = Removed.of(all_units(TINY)[name] for name in removed)
+    expected = sum(gone.state(u) == "removed" for u in blocks)
     assert expected > 0 and html.count('<g class="removed">') == expected
     assert html.count('<g class="kept">') == len(blocks) - expected
 
 
 def test_removal_state():
-    assert removal_state(("down_blocks.1.attentions.0",), {"down_blocks.1"}) == "removed"
-    assert removal_state(("a.resnets.1", "a.attentions.1"), {"a.resnets.1"}) == "kept"
-    assert removal_state(("a.resnets.1", "a.attentions.1"), {"a.resnets.1", "a.attentions.1"}) == "removed"
-    assert removal_state(("a.attentions.0",), {"a.attentions.0.transformer_blocks.3"}) == "partial"
+    def state(modules, removed):
+        unit = Unit("u", "pair", "a", tuple(modules), 0, 0, 0, 0, 0, 0, 0)
+        return Removed(frozenset(removed)).state(unit)
+
+    assert state(("down_blocks.1.attentions.0",), {"down_blocks.1"}) == "removed"
+    assert state(("a.resnets.1", "a.attentions.1"), {"a.resnets.1"}) == "kept"
+    assert state(("a.resnets.1", "a.attentions.1"), {"a.resnets.1", "a.attentions.1"}) == "removed"
+    assert state(("a.attentions.0",), {"a.attentions.0.transformer_blocks.3"}) == "partial"
 
 
 @pytest.mark.parametrize("parts, expected", [

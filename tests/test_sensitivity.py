@@ -23,7 +23,7 @@ from prunekit.sensitivity import sensitivity
 from prunekit.sensitivity.pipelines import random_pipeline
 from prunekit.sensitivity.proxy import BlockForward, Proxy, fixed_timesteps
 from prunekit.sensitivity.sampling import Sampler
-from prunekit.sensitivity.store import RunDir
+from prunekit.rundir import RunDir
 from test_ablation import SD1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -363,3 +363,27 @@ def test_tiny_sd_full_and_proxy(tmp_path):
     assert info["args"]["prompts"] == "shapes" and info["args"]["clip_model"] == "tiny-clip"
     proxy = sensitivity("tiny-sd", out=str(tmp_path / "proxy"), mode="proxy", num_prompts=4, progress=False)
     assert len(proxy) == len(enumerate_units(unet_config("tiny-sd"), "pair")) and (proxy["eps_mse"] > 0).all()
+
+
+def test_two_tables_on_one_file_keep_each_others_rows(tmp_path):
+    run, columns = RunDir(tmp_path), ["unit", "value"]
+    mine, theirs = run.table(columns), run.table(columns)  # two processes' views of one sensitivity.csv
+    mine.append({"unit": "a", "value": 1})
+    theirs.append({"unit": "b", "value": 2})
+    mine.append({"unit": "c", "value": 3}, {"unit": "b", "value": 9})  # b is there already: the first row stays
+    assert (tmp_path / "sensitivity.csv").read_text() == "unit,value\na,1\nb,2\nc,3\n"
+
+
+def test_two_sweeps_of_other_units_into_one_directory_at_once_lose_no_row(tmp_path, pipe_dir, clip_dir):
+    out = tmp_path / "run"
+    units = [unit.name for unit in enumerate_units(unet_config(pipe_dir), "block")]
+    command = [sys.executable, "-m", "prunekit", "sensitivity", "--model", pipe_dir, "--out", str(out), "--prompts",
+               "shapes", "--num-prompts", "2", "--steps", "1", "--clip-model", clip_dir, "--device", "cpu",
+               "--granularity", "block", "--units"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen(command + [",".join(part)], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for part in (units[::2], units[1::2])]
+    for process in processes:
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
+    rows = _rows(out / "sensitivity.csv")
+    assert len(units) >= 10 and sorted(row["unit"] for row in rows) == sorted(units)

@@ -2,7 +2,9 @@
 import numpy as np
 import torch
 
-from prunekit.data import shapes
+from prunekit import worlds
+from prunekit.distill.data import Captioned
+from prunekit.shapes import data as shapes
 
 
 def test_same_seed_same_image_and_caption():
@@ -44,10 +46,11 @@ def test_images_show_the_shape_on_a_uniform_background():
     assert (np.abs(pixels.astype(int) - shapes.COLORS[attrs.color]).sum(axis=2) < 10).sum() > 50
 
 
-def test_dataset_items():
-    dataset = shapes.ShapesDataset("train", length=4, seed=0)
+def test_the_worlds_training_data_items():
+    source = worlds.data_source("shapes", 4, seed=0)
+    dataset = Captioned(source, 64, flip=source.flip, seed=0)
     item = dataset[2]
     assert item["pixel_values"].shape == (3, 64, 64) and item["pixel_values"].dtype == torch.float32
     assert -1.0 <= item["pixel_values"].min() and item["pixel_values"].max() <= 1.0
     assert shapes.parse_caption(item["text"]) is not None
-    assert len(dataset) == 4
+    assert len(dataset) == 4 and not source.flip

@@ -6,7 +6,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from prunekit.guidance_tuning import TunedGuidance
-from prunekit.models import tuned_guidance
+from prunekit.card import ModelCard
 from prunekit.tiny import recipe, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,8 +23,8 @@ def test_smoke_recipe_trains_from_scratch_then_tunes_the_result(tmp_path, capsys
 
     base, tuned = (StableDiffusionPipeline.from_pretrained(tmp_path / run / "tiny-sd", local_files_only=True)
                    for run in ("1-base", "2-tuned"))
-    assert tuned_guidance(str(model)) == TunedGuidance(7.5, 3.0)
-    assert tuned_guidance(str(tmp_path / "1-base" / "tiny-sd")) is None
+    assert ModelCard.read(model).tuned == TunedGuidance(7.5, 3.0)
+    assert ModelCard.read(tmp_path / "1-base" / "tiny-sd").tuned is None
     assert torch.equal(tuned.vae.decoder.conv_out.weight, base.vae.decoder.conv_out.weight)
     assert not torch.equal(tuned.unet.conv_in.weight, base.unet.conv_in.weight)
 

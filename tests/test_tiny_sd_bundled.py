@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from prunekit.graph import GRANULARITIES, enumerate_units
-from prunekit.models import ASSETS, recommended_guidance, unet_config
+from prunekit.models import ASSETS, resolve_model, unet_config
 from prunekit.plan import PRESETS, make_preset
 
 MB = 1024 * 1024
@@ -21,7 +21,7 @@ def test_assets_are_shipped_in_safetensors_within_size_limits():
 
 
 def test_tiny_sd_samples_by_default_at_the_guidance_its_model_card_states():
-    guidance = recommended_guidance("tiny-sd")  # from prunekit/assets/tiny-sd/prunekit.json
+    guidance = resolve_model("tiny-sd").card.guidance  # from prunekit/assets/tiny-sd/prunekit.json
     assert f"recommended guidance: {guidance:g}" in (ASSETS / "tiny-sd" / "README.md").read_text()
 
 

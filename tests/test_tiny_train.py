@@ -8,7 +8,7 @@ from diffusers import StableDiffusionPipeline
 from transformers import CLIPModel, CLIPTokenizer
 
 from prunekit.guidance_tuning import TunedGuidance
-from prunekit.models import recommended_guidance, tuned_guidance
+from prunekit.card import ModelCard
 from prunekit.tiny import architecture
 from prunekit.tiny.stages import AttributeProbe, Images, overshoot_latents, shape_masks, training_noise
 from prunekit.tiny.tokenizer import build_tokenizer, grammar_words, save_tokenizer
@@ -99,8 +99,8 @@ def test_init_continues_a_saved_pipeline_keeping_its_vae(tmp_path, capsys):
     assert more.vae.config.scaling_factor == first.vae.config.scaling_factor
     assert torch.equal(more.vae.decoder.conv_out.weight, first.vae.decoder.conv_out.weight)
     assert not torch.equal(more.unet.conv_in.weight, first.unet.conv_in.weight)
-    assert recommended_guidance(str(tmp_path / "more" / "tiny-sd")) == 7.5
-    assert tuned_guidance(str(tmp_path / "more" / "tiny-sd")) == TunedGuidance(7.5, 3.0)
+    assert ModelCard.read(tmp_path / "more" / "tiny-sd").guidance == 7.5
+    assert ModelCard.read(tmp_path / "more" / "tiny-sd").tuned == TunedGuidance(7.5, 3.0)
 
     # fine-tuning the decoder alone leaves the encoder, so the continued U-Net's latents, untouched
     _one_thread_main(["--out", str(tmp_path / "decoder"), "--preset", "smoke", "--init",

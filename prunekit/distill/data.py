@@ -1,8 +1,9 @@
-"""Training data for distillation: captioned images from the shapes generator, an image folder or the hub.
+"""Training data for distillation: captioned images from a world's generator, an image folder or the hub.
 
 `--data` is one of
-- `shapes`: the built-in captioned-shapes generator (prunekit.data.shapes, train split; never flipped,
-  since a flip would swap the left/right positions its captions name);
+- a world's named training data (prunekit.worlds: `shapes`, the captioned-shapes generator's train split;
+  a source may refuse flips, as the shapes do, since a flip would swap the left/right positions its
+  captions name);
 - a folder in the Hugging Face imagefolder layout that BK-SDM's LAION subsets use: images and a
   `metadata.jsonl` or `metadata.csv` naming each image's `file_name` (relative to the folder) and `text`;
 - a Hugging Face dataset name with `image` and `text` columns (needs the network and the `datasets` package).
@@ -23,11 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from prunekit.data import shapes
+from prunekit import worlds
 from prunekit.errors import PrunekitError
 
-SHAPES = "shapes"
-SHAPES_LENGTH = 10_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -42,6 +41,12 @@ def square(image: Image.Image, resolution: int) -> Image.Image:
         width, height = image.size
     left, top = (width - resolution) // 2, (height - resolution) // 2
     return image.crop((left, top, left + resolution, top + resolution))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a 3xHxW float tensor in [-1, 1], the range diffusers' VAEs expect."""
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def flips(seed: int, epoch: int, index: int) -> bool:
@@ -71,28 +76,12 @@ class Captioned(torch.utils.data.Dataset):
         image = square(image, self.resolution)
         if mirrored:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return shapes.to_tensor(image)
+        return to_tensor(image)
 
     def __getitem__(self, index: int) -> dict:
         image, text = self.source.item(index)
         mirrored = self.flip and flips(self.seed, self.epoch, index)
         return {"pixel_values": self.pixels(image, mirrored), "text": text}
-
-
-class ShapesSource:
-    """The first `length` training examples of the captioned-shapes generator for `seed`."""
-
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed = length, seed
-        self.skipped: list[str] = []
-        self.description = f"shapes (train split, {length} examples, seed {seed})"
-
-    def __len__(self) -> int:
-        return self.length
-
-    def item(self, index: int) -> tuple[Image.Image, str]:
-        image, attributes = shapes.sample("train", index, self.seed)
-        return image, attributes.caption()
 
 
 def _metadata(folder: Path) -> tuple[Path, list[dict]]:
@@ -179,7 +168,7 @@ class HubSource:
         from prunekit.models import hub_reachable
 
         if not hub_reachable():
-            raise PrunekitError(f"{name!r} is neither 'shapes' nor a local folder, and the Hugging Face Hub cannot be "
+            raise PrunekitError(f"{name!r} is neither named data nor a local folder, and the Hugging Face Hub cannot be "
                                 "reached to fetch it as a dataset: check the path, or go online.")
         try:
             import datasets
@@ -207,18 +196,23 @@ class HubSource:
 
 
 def open_source(data: str, num_examples: int | None = None, seed: int = 0):
-    """The source `data` names ('shapes', a folder or a hub dataset), limited to `num_examples` examples."""
+    """The source `data` names (a world's named data, a folder or a hub dataset), limited to `num_examples`
+    examples. A source has `__len__`, `item(index)` -> (image, caption), `skipped`, `description` and may set
+    `flip = False`."""
     if num_examples is not None and num_examples < 1:
         raise PrunekitError("num_examples must be at least 1.")
-    if data == SHAPES:
-        return ShapesSource(num_examples or SHAPES_LENGTH, seed)
+    named = worlds.data_source(data, num_examples, seed)
+    if named is not None:
+        return named
+    names = ", ".join(name for world in worlds.WORLDS for name in world.data)
     if os.path.isdir(data):
         return FolderSource(data, num_examples)
     if os.path.exists(data):
-        raise PrunekitError(f"{data} is a file: pass 'shapes', an image folder or a Hugging Face dataset name.")
-    if data.startswith((".", "/", "~")) or data.count("/") > 1:
-        raise PrunekitError(f"there is no folder {data}: pass 'shapes', an image folder or a Hugging Face "
+        raise PrunekitError(f"{data} is a file: pass named data ({names}), an image folder or a Hugging Face "
                             "dataset name.")
+    if data.startswith((".", "/", "~")) or data.count("/") > 1:
+        raise PrunekitError(f"there is no folder {data}: pass named data ({names}), an image folder or a Hugging "
+                            "Face dataset name.")
     return HubSource(data, num_examples)
 
 

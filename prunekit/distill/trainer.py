@@ -17,6 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,9 +34,14 @@ from prunekit.distill.data import EpochSampler
 from prunekit.distill.features import FeatureTaps
 from prunekit.distill.losses import Weights, distill_losses, task_target
 from prunekit.errors import PrunekitError
-from prunekit.guidance_tuning import TunedGuidance
 
 LOG_COLUMNS = ("step", "loss", "loss_task", "loss_out", "loss_feat", "lr", "seconds")
+
+
+class TaskTarget(Protocol):
+    """Changes the task loss's target, given the student's prediction for the empty caption (see Distiller)."""
+
+    def target(self, target: torch.Tensor, unguided: torch.Tensor) -> torch.Tensor: ...
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -86,19 +92,20 @@ class Distiller:
         dataset: examples of {"pixel_values", "text"} or of {"moments", "text_embeds"}.
         pairs: (student path, teacher path) of every feature to match (prunekit.distill.features).
         scaling_factor: the VAE's latent scaling factor.
-        tuning: for a guidance-tuned teacher (prunekit.guidance_tuning), its tuning and the empty caption's
-            text embedding (1 x L x D): the task target becomes the tuned one, the student's own empty-caption
-            prediction standing for the unguided one, so the student samples at the teacher's scale as it does.
+        target_hook: a hook that changes the task loss's target, with the empty caption's text embedding
+            (1 x L x D): `hook.target(target, unguided)` gets the student's own empty-caption prediction for the
+            same noisy input. A guidance-tuned teacher's card gives one (prunekit.guidance_tuning.TunedGuidance),
+            so its students keep sampling at the teacher's scale as it does.
     """
 
     def __init__(self, accelerator: Accelerator, student: UNet2DConditionModel, teacher: UNet2DConditionModel,
                  scheduler, encoder, dataset, pairs: list[tuple[str, str]], scaling_factor: float,
-                 config: TrainConfig, out: Path, tuning: tuple[TunedGuidance, torch.Tensor] | None = None):
+                 config: TrainConfig, out: Path, target_hook: tuple[TaskTarget, torch.Tensor] | None = None):
         self.accelerator, self.config, self.out = accelerator, config, Path(out)
         self.device, self.dtype = accelerator.device, DTYPES[accelerator.mixed_precision]
         self.scheduler = DDPMScheduler.from_config(scheduler.config)
         self.encoder, self.pairs, self.scaling_factor = encoder, pairs, scaling_factor
-        self.tuning = (tuning[0], tuning[1].to(self.device)) if tuning else None
+        self.target_hook = (target_hook[0], target_hook[1].to(self.device)) if target_hook else None
         self.teacher = teacher.to(self.device, self.dtype).eval().requires_grad_(False)
         if config.gradient_checkpointing:
             student.enable_gradient_checkpointing()
@@ -108,7 +115,7 @@ class Distiller:
         self.teacher_taps = FeatureTaps(self.teacher, [t for _, t in pairs] if features else [])
         self.ema = None
         if config.ema:
-            self.ema = EMAModel(student.parameters(), model_cls=UNet2DConditionModel, model_config=student.config)
+            self.ema = EMAModel(student.parameters(), model_cls=type(student), model_config=student.config)
             self.ema.to(self.device)
         optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         lr_scheduler = get_scheduler("constant", optimizer)
@@ -140,11 +147,11 @@ class Distiller:
                                   generator=self.generator, device=self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = task_target(self.scheduler, latents, noise, timesteps)
-        if self.tuning is not None:
-            tuned, empty = self.tuning
+        if self.target_hook is not None:
+            hook, empty = self.target_hook
             with torch.no_grad():
                 unguided = self.student(noisy, timesteps, empty.expand(len(noisy), -1, -1)).sample
-            target = tuned.target(target, unguided.float())
+            target = hook.target(target, unguided.float())
         weights = self.config.weights
         with self.student_taps.capture() as student_features:
             prediction = self.student(noisy, timesteps, context.float()).sample  # autocast, where on, casts down
@@ -219,7 +226,7 @@ class Distiller:
         noise = path / f"noise-{self.accelerator.process_index}.safetensors"
         self.generator.set_state(load_file(noise)["state"])
         if self.ema is not None:
-            self.ema = EMAModel.from_pretrained(path / "ema", model_cls=UNet2DConditionModel)
+            self.ema = EMAModel.from_pretrained(path / "ema", model_cls=type(self.accelerator.unwrap_model(self.student)))
             self.ema.to(self.device)
         return state
 

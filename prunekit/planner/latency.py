@@ -1,7 +1,7 @@
 """Latency: seconds per U-Net step (batch 1 by default) of candidate students on a device.
 
-A standard candidate is its surgery student (random weights); a free one is the teacher with random
-weights and the candidate ablated (prunekit's stand-ins). On a CUDA device the step is captured in a CUDA
+A diffusers candidate is its surgery student (random weights); a free one is the teacher with random
+weights and the candidate ablated (prunekit's stand-ins, as its student has them). On a CUDA device the step is captured in a CUDA
 graph and replayed, in float16, so Python and kernel-launch overhead do not hide what the blocks cost; on
 the CPU it runs eagerly in float32. Each candidate is timed once: timings are cached (in the run directory)
 by teacher, device, precision and candidate. Fractions are relative to the teacher timed the same way.
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from prunekit.errors import PrunekitError
+from prunekit.options import resolve_device
 from prunekit.planner.cache import Cache
 
 
@@ -65,15 +65,8 @@ class LatencyMeter:
     def __init__(self, teacher_config: dict, device: str = "cpu", cache: Cache | None = None, batch: int = 1):
         from prunekit.models import fingerprint
 
-        try:
-            self.device = torch.device(device)
-        except RuntimeError:
-            raise PrunekitError(f"unknown device {device!r}: use cpu, cuda or cuda:N.") from None
-        if self.device.type not in ("cpu", "cuda"):
-            raise PrunekitError(f"latency is timed on cpu or cuda, not {device!r}.")
+        self.device = torch.device(resolve_device(device))
         cuda = self.device.type == "cuda"
-        if cuda and not torch.cuda.is_available():
-            raise PrunekitError(f"--device {device} but no CUDA GPU is visible here: time on cpu or on a GPU machine.")
         self.config, self.batch = teacher_config, batch
         self.timing = "cuda-graphs" if cuda else "eager"
         self.dtype = torch.float16 if cuda else torch.float32
@@ -87,16 +80,17 @@ class LatencyMeter:
         return {"device": self.name, "timing": self.timing, "dtype": str(self.dtype).removeprefix("torch."),
                 "batch": self.batch, "teacher_ms": 1000 * self.seconds([])}
 
-    def fraction(self, remove: list[str], standard: bool = True) -> float:
+    def fraction(self, remove: list[str], kind: str = "diffusers") -> float:
         """The candidate's latency as a fraction of the teacher's."""
-        return self.seconds(remove, standard) / self.seconds([])
+        return self.seconds(remove, kind) / self.seconds([])
 
-    def seconds(self, remove: list[str], standard: bool = True) -> float:
-        """Seconds per step of the student removing `remove` (standard: by surgery; else ablated), timed once."""
-        key = f"{self.prefix}|{'standard' if standard or not remove else 'free'}|{' '.join(sorted(remove))}"
+    def seconds(self, remove: list[str], kind: str = "diffusers") -> float:
+        """Seconds per step of the student of a plan of `kind` removing `remove`, timed once."""
+        kind = kind if remove else "diffusers"  # the teacher itself
+        key = f"{self.prefix}|{kind}|{' '.join(sorted(remove))}"
         value = self.cache.get(key)
         if value is None:
-            value = self._standard(remove) if standard or not remove else self._free(remove)
+            value = self._diffusers(remove) if kind == "diffusers" else self._free(remove)
             self.cache.put(key, value)
         return value
 
@@ -119,7 +113,7 @@ class LatencyMeter:
 
             return _time_cuda_graph(step) if self.timing == "cuda-graphs" else _time_eager(step)
 
-    def _standard(self, remove: list[str]) -> float:
+    def _diffusers(self, remove: list[str]) -> float:
         from prunekit.surgery import student_config
 
         config = student_config(self.config, remove)[0] if remove else self.config

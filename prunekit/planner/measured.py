@@ -21,7 +21,7 @@ How a candidate is removed:
 - otherwise all units are ablated at once with prunekit.ablation.ablate, as the sweep ablates one;
 - adjacent stages (stage0 with stage1, ...) share the downsampler between them, so ablation refuses them
   together: such a candidate is measured on its surgery student (prunekit.surgery.build_student), the
-  standard diffusers U-Net its plan would build, swapped into the pipeline. For diffusers-space candidates
+  diffusers U-Net its plan would build, swapped into the pipeline. For candidates of diffusers plans
   the two agree: ablating the units computes what the student computes (tests/test_measured.py checks it).
 
 A Measure does not cache: the planner's `Measured` objective caches its losses per candidate in the run
@@ -32,27 +32,16 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
-from pathlib import Path
 
 from prunekit.errors import PrunekitError
+from prunekit.graph import outermost
+from prunekit.models import Model
+from prunekit.rundir import RunDir
+from prunekit.sensitivity.settings import rule_value
 
 # run.json arguments a measurement copies from its sensitivity run (those not given explicitly)
 _FROM_RUN = ("prompts", "steps", "guidance", "seed", "clip_model", "dtype")
 DEFAULT_PROMPTS = 8
-
-
-def _inside(path: str, container: str) -> bool:
-    return path == container or path.startswith(container + ".")
-
-
-def _contained(unit, other) -> bool:
-    """Whether every module of `unit` lies inside a module of `other` (and they are different units)."""
-    return unit.name != other.name and all(any(_inside(p, q) for q in other.modules) for p in unit.modules)
-
-
-def outermost(units: list) -> list:
-    """`units` without those inside another of them (removing the container removes them), order kept."""
-    return [u for u in units if not any(_contained(u, other) for other in units)]
 
 
 @contextmanager
@@ -70,14 +59,10 @@ def _run_arguments(sensitivity) -> dict:
     """The arguments of the sensitivity run `sensitivity` that a measurement copies (none without a run)."""
     if sensitivity is None:
         return {}
-    path = Path(sensitivity) / "run.json"
-    try:
-        args = json.loads(path.read_text())["args"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise PrunekitError(f"cannot read the arguments in {path}: pass a sensitivity run directory made by "
-                            "`prunekit sensitivity`, or leave out --sensitivity.") from None
-    copied = {key: args.get(key) for key in _FROM_RUN}
-    copied["metrics"] = args.get("metrics") if args.get("mode", "full") == "full" else None
+    args = RunDir(sensitivity).require_record().args
+    copied = {key: args.get(key) for key in _FROM_RUN if args.get(key) is not None}
+    if args.get("mode", "full") == "full" and args.get("metrics"):
+        copied["metrics"] = tuple(args["metrics"])
     return copied
 
 
@@ -101,7 +86,7 @@ class Measure:
         from prunekit.ablation import ablate, check_together, resolve
         from prunekit.surgery import build_student
 
-        units = outermost(resolve(self.pipe.unet, list(dict.fromkeys(remove))))
+        units = outermost(resolve(self.pipe.unet, list(dict.fromkeys(remove))))  # a container removes its parts
         try:
             check_together(units)
         except PrunekitError:  # units that share a module (adjacent stages): the surgery student
@@ -118,45 +103,36 @@ class Measure:
 
     def loss(self, values: dict[str, float]) -> float:
         """The loss of a candidate's metric columns, by the run's rule (larger = more harmful)."""
-        return 0.0 - values[self.rule[1:]] if self.rule.startswith("-") else values[self.rule]
+        return rule_value(self.rule, values)
 
     def __call__(self, remove: list[str]) -> float:
         return self.loss(self.scores(remove))
 
 
-def measurer(model: str = "tiny-sd", sensitivity=None, num_prompts: int = DEFAULT_PROMPTS, steps: int | None = None,
-             metrics=None, prompts: str | None = None, guidance: float | None = None, seed: int | None = None,
-             clip_model: str | None = None, device: str = "cpu", dtype: str | None = None,
-             batch_size: int | None = None) -> Measure:
-    """A Measure for `model`: its pipeline loaded, `num_prompts` prompts encoded, its baseline generated.
+def measurer(model: str | Model = "tiny-sd", sensitivity=None, **changes) -> Measure:
+    """A Measure for `model`: its pipeline loaded, its prompts encoded, its baseline generated.
 
-    Arguments left None come from the sensitivity run `sensitivity` (runs/NAME) if given, else from the sweep's
-    defaults (prunekit.sensitivity.sensitivity: shapes prompts for tiny-sd, 25 steps, the model's recommended
-    guidance, seed 0, metrics clip and teacher plus attributes for shapes prompts, so the rule is
-    -delta_clip_score).
+    The sweep's options (prunekit.sensitivity.SweepOptions) come from the sensitivity run `sensitivity`
+    (runs/NAME) if given, else from the sweep's defaults (the model card's prompt set and guidance, 25 steps,
+    seed 0, metrics clip and teacher plus the prompts' judge, so the rule is -delta_clip_score), with
+    DEFAULT_PROMPTS prompts; `changes` (num_prompts=..., steps=..., device=...) override them.
     """
     from prunekit.generate import image_seeds
     from prunekit.metrics import clip_score_metric
     from prunekit.sensitivity import pipelines
     from prunekit.sensitivity.sampling import Sampler
     from prunekit.sensitivity.scoring import Scorer
-    from prunekit.sensitivity.settings import resolve
+    from prunekit.sensitivity.settings import SweepOptions, resolve
 
-    given = {"prompts": prompts, "steps": steps, "guidance": guidance, "seed": seed, "clip_model": clip_model,
-             "dtype": dtype, "metrics": metrics}
-    chosen = {"steps": 25, "seed": 0, "dtype": "float32",
-              **{k: v for k, v in _run_arguments(sensitivity).items() if v is not None},
-              **{k: v for k, v in given.items() if v is not None}}
-    settings = resolve(model, out=str(sensitivity or ""), mode="full", metrics=chosen.get("metrics"),
-                       prompts=chosen.get("prompts"), num_prompts=num_prompts, steps=chosen["steps"],
-                       guidance=chosen.get("guidance"), seed=chosen["seed"], batch_size=batch_size, device=device,
-                       dtype=chosen["dtype"], clip_model=chosen.get("clip_model"))
-    clip = clip_score_metric(settings.clip_model, device) if "clip" in settings.metrics else None
-    pipe = pipelines.load(settings, device)
+    chosen = {"num_prompts": DEFAULT_PROMPTS, **_run_arguments(sensitivity),
+              **{key: value for key, value in changes.items() if value is not None}, "mode": "full"}
+    settings = resolve(model, str(sensitivity or ""), SweepOptions(**chosen))
+    clip = clip_score_metric(settings.clip_model, settings.device) if "clip" in settings.metrics else None
+    pipe = pipelines.load(settings, settings.device)
     texts = list(settings.prompts)
     sampler = Sampler(pipe, texts, image_seeds(settings.seed, len(texts)), settings.steps, settings.guidance,
                       settings.batch_size)
-    scorer = Scorer(settings.metrics, texts, clip, settings.clip_model)
+    scorer = Scorer(settings.metrics, texts, clip, settings.clip_model, settings.judge)
     return Measure(settings, pipe, sampler, scorer)
 
 

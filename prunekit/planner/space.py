@@ -1,6 +1,6 @@
-"""Plan spaces: which sets of units the planner may remove together.
+"""Plan spaces: which sets of units the planner may remove together, one space per plan kind (prunekit.surgery.KINDS).
 
-- `diffusers` (`DiffusersSpace`): only removals whose student is a standard diffusers U-Net (surgery.py).
+- `diffusers` (`DiffusersSpace`): only removals whose student is a plain diffusers U-Net (surgery.py).
   Per stage, how many of the down block's resnet/attention pairs stay and which (the mirror up block keeps
   one more, as diffusers feeds each up resnet one skip connection), where channel counts allow a choice;
   the mid block kept, reduced to its resnets where surgery can express that, or dropped; and how many
@@ -8,7 +8,7 @@
   enforces), so checking a candidate costs nothing.
 - `free` (`FreeSpace`): any set of the top-level units of one granularity (block: resnets, attentions,
   samplers and the parts of the mid block; pair: pairs, samplers and the mid block). The student keeps
-  prunekit's stand-ins where channels differ (prunekit.ablation), so it needs prunekit to load.
+  prunekit's stand-ins (prunekit.students), so it needs prunekit to load.
 
 A state is hashable. Each space gives, for a state: the units it removes in plan order (`remove`), its
 parameters or MACs as a fraction of the teacher's (`fraction`), the states one step smaller (`removals`)
@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 
 from prunekit.errors import PrunekitError
 from prunekit.graph import Unit, all_units, enumerate_units, top_level
+from prunekit.surgery import KINDS
 
-SPACES = ("diffusers", "free")
 COST_METRICS = ("params", "macs")
 MID_OPTIONS = ("keep", "resnets", "drop")  # mid block kept, only its resnets kept, dropped
 _MID_REMOVES = {"keep": [], "resnets": ["mid.attn0"], "drop": ["mid"]}
@@ -34,8 +34,7 @@ _MID_REMOVES = {"keep": [], "resnets": ["mid.attn0"], "drop": ["mid"]}
 class Space:
     """What both spaces share: the teacher's units (every granularity, with costs) and its totals."""
 
-    name: str
-    standard: bool  # whether every student of the space is a standard diffusers U-Net
+    kind: str  # the kind of plan its states make (prunekit.surgery.KINDS)
 
     def __init__(self, teacher_config: dict):
         from prunekit.costs import unet_costs
@@ -87,9 +86,9 @@ class Layout:
 
 
 class DiffusersSpace(Space):
-    """Plans whose student is a standard diffusers U-Net (see the module docstring)."""
+    """Plans whose student is a plain diffusers U-Net (see the module docstring)."""
 
-    name, standard = "diffusers", True
+    kind = "diffusers"
 
     def __init__(self, teacher_config: dict):
         super().__init__(teacher_config)
@@ -250,6 +249,14 @@ class DiffusersSpace(Space):
     def size(self) -> int:
         return sum(math.prod(len(self.options[d]) for d in range(self.n - m)) for m, _ in self.cores)
 
+    def sample(self, rng) -> Layout:
+        """A random state: the number of dropped stages and the mid block uniformly among those that fit, then
+        each remaining stage's choice uniformly (`rng` a random.Random)."""
+        m, mid = rng.choice(self.cores)
+        full = self.full()
+        stages = [rng.choice(options) for options in self.options[:self.n - m]] + list(full.stages[self.n - m:])
+        return Layout(m, mid, tuple(stages))
+
     def _label(self, d: int, choice: StageChoice) -> str:
         removed = self.remove(self._with(self.full(), d, choice))
         return " ".join(removed) if removed else "keep all"
@@ -288,7 +295,7 @@ class FreeSpace(Space):
     """Any set of the top-level units of `granularity` (block or pair); the student keeps prunekit's
     stand-ins (see the module docstring)."""
 
-    name, standard = "free", False
+    kind = "free"
 
     def __init__(self, teacher_config: dict, granularity: str = "block"):
         super().__init__(teacher_config)
@@ -321,8 +328,8 @@ class FreeSpace(Space):
         return frozenset(name for name in self.order if trial.suggest_categorical(name, [False, True]))
 
 
-def make_space(name: str, teacher_config: dict, granularity: str = "block") -> Space:
-    """The plan space `name` ('diffusers' or 'free', the latter over units of `granularity`)."""
-    if name not in SPACES:
-        raise PrunekitError(f"unknown plan space {name!r}: use one of {', '.join(SPACES)}.")
-    return DiffusersSpace(teacher_config) if name == "diffusers" else FreeSpace(teacher_config, granularity)
+def make_space(kind: str, teacher_config: dict, granularity: str = "block") -> Space:
+    """The plans of `kind` ('diffusers', or 'free' over the units of `granularity`)."""
+    if kind not in KINDS:
+        raise PrunekitError(f"unknown plan kind {kind!r}: use one of {', '.join(KINDS)}.")
+    return DiffusersSpace(teacher_config) if kind == "diffusers" else FreeSpace(teacher_config, granularity)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunekit.graph import Unit
+from prunekit.graph import Removed, Unit
 from prunekit.report.plots import KIND_COLORS, OTHER_COLOR
 
 BOX_W, BOX_H, GAP = 50, 26, 4  # a unit's box and the space between boxes
@@ -41,22 +41,13 @@ class Diagram:
     box_h: int = BOX_H
 
 
-def removal_state(paths: tuple[str, ...], removed: set[str]) -> str:
-    """'removed' when `removed` module paths cover all of `paths`, 'partial' when they lie inside one, else 'kept'."""
-    if all(any(p == r or p.startswith(r + ".") for r in removed) for p in paths):
-        return "removed"
-    if any(r.startswith(p + ".") for p in paths for r in removed):
-        return "partial"
-    return "kept"
-
-
 def _row_width(units: list[Unit]) -> float:
     return len(units) * (BOX_W + GAP) - GAP
 
 
-def unet_diagram(units: list[Unit], removed: set[str]) -> Diagram:
+def unet_diagram(units: list[Unit], removed: Removed) -> Diagram:
     """Lay out block-granularity `units` (no transformer layers): row s holds down{s} on the left and the
-    up stage at the same resolution on the right; mid lies at the bottom. `removed`: module paths a plan removes."""
+    up stage at the same resolution on the right; mid lies at the bottom. `removed`: what a plan removes."""
     rows: dict[str, list[Unit]] = {}
     for unit in units:
         rows.setdefault(unit.stage, []).append(unit)
@@ -84,7 +75,7 @@ def unet_diagram(units: list[Unit], removed: set[str]) -> Diagram:
         side = members[0].resolution
         labels.append((x0(stage), y0(stage) - 6, f"{stage} · {side}×{side}"))
         for i, unit in enumerate(members):
-            state = removal_state(unit.modules, removed)
+            state = removed.state(unit)
             boxes.append(Box(x0(stage) + i * (BOX_W + GAP), y0(stage), SHORT.get(unit.kind, unit.name.split(".", 1)[1]),
                              f"{unit.name}: {unit.params:,} parameters, {state}",
                              KIND_COLORS.get(unit.kind, OTHER_COLOR), state))

@@ -1,24 +1,24 @@
 """A run directory as the report reads it: each file parsed and checked, None where it is absent.
 
-The files and their columns are those of notes/run-directory.md. A file that is there but garbled raises
-PrunekitError naming it, rather than leaving a section out silently.
+The files, their paths and their parsing are prunekit.rundir's (docs/design.md); this module gathers
+them with the teacher's costs. A file that is there but garbled raises PrunekitError naming it, rather than
+leaving a section out silently.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from prunekit import rundir
 from prunekit.costs import Costs
 from prunekit.errors import PrunekitError
 from prunekit.graph import Unit
 from prunekit.plan import Plan
+from prunekit.planner.api import PARETO_COLUMNS
+from prunekit.rundir import UNIT_COLUMNS, RunDir, RunRecord, read_csv, read_json
 
-UNIT_COLUMNS = ("unit", "kind", "stage", "params", "macs", "full_macs", "seconds")
-PARETO_COLUMNS = ("params_fraction", "macs_fraction", "loss", "remove", "is_preset")
-FILES = ("run.json", "sensitivity.csv", "images/", "plan.json", "pareto.csv", "distill/logs.csv", "distill/eval.json")
+FILES = (rundir.RUN_JSON, rundir.TABLE, rundir.IMAGES, rundir.PLAN, rundir.PARETO, rundir.DISTILL)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class Run:
     """What one run directory holds; each field is None (or empty) where its file is absent."""
 
     path: Path
-    info: dict | None  # run.json
+    info: RunRecord | None  # run.json
     columns: list[str]  # sensitivity.csv's columns and rows
     units: list[dict]
     prompts: list[str] | None  # images/prompts.json (or "prompt i" for each baseline image)
@@ -72,35 +72,21 @@ def _number(text):
     return text
 
 
-def read_json(path: Path, kind: type):
-    """The parsed JSON file at `path` (None when absent), which must be a `kind`."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PrunekitError(f"cannot read {path} ({error}): fix or remove it, then make the report again.") from None
-    if not isinstance(data, kind):
-        raise PrunekitError(f"{path} holds a {type(data).__name__}, not a {kind.__name__}: fix or remove it, "
-                            "then make the report again.")
-    return data
+def _numbers(rows: list[dict] | None) -> list[dict] | None:
+    """CSV rows with their cells as numbers where they are ones."""
+    return None if rows is None else [{key: _number(value) for key, value in row.items()} for row in rows]
 
 
-def read_csv(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[dict] | None]:
-    """The columns and rows (cells as numbers where they are) of the CSV file at `path`; None rows when absent."""
-    if not path.is_file():
-        return [], None
-    try:
-        with path.open(newline="", encoding="utf-8") as file:
-            reader = csv.DictReader(file)
-            rows = [{key: _number(value) for key, value in row.items() if key is not None} for row in reader]
-            columns = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise PrunekitError(f"cannot read {path} ({error}): fix or remove it, then make the report again.") from None
-    missing = [c for c in required if c not in columns]
-    if missing:
-        raise PrunekitError(f"{path} lacks the column(s) {', '.join(missing)}: make it again with this prunekit.")
-    return columns, rows
+def _checked(path: Path, columns: list[str], rows: list[dict] | None, text: tuple[str, ...]) -> list[dict] | None:
+    """`rows` with numbers for cells; a cell that should be a number and is not is refused, naming its line."""
+    rows = _numbers(rows)
+    for line, row in enumerate(rows or [], start=2):
+        for column in columns:
+            value = row.get(column)
+            if column not in text and isinstance(value, str):
+                raise PrunekitError(f"{path} line {line}: {column} {value!r} is not a number: the file is garbled; "
+                                    "make it again, then make the report again.")
+    return rows
 
 
 def _prompts(images: Path) -> list[str] | None:
@@ -116,12 +102,12 @@ def _teacher(name: str | None, fingerprint_expected: str | None) -> tuple[Teache
     """The teacher of model `name` with its costs (no weights needed), or None and why not."""
     from prunekit.costs import unet_costs
     from prunekit.graph import all_units, enumerate_units, top_level
-    from prunekit.models import fingerprint, unet_config
+    from prunekit.models import fingerprint, resolve_model
 
     if not name:
         return None, None
     try:
-        config = unet_config(name)
+        config = resolve_model(name).config
     except PrunekitError as error:
         return None, f"the teacher's costs are not shown: {error}"
     note = None
@@ -138,14 +124,16 @@ def read_run(path: Path) -> Run:
         raise PrunekitError(f"{path} is not a directory: give a run directory (runs/NAME).")
     if not any((path / name).exists() for name in FILES):
         raise PrunekitError(f"{path} holds none of {', '.join(FILES)}: is it a run directory?")
-    info = read_json(path / "run.json", dict)
-    columns, units = read_csv(path / "sensitivity.csv", UNIT_COLUMNS)
-    plan = Plan.load(path / "plan.json") if (path / "plan.json").is_file() else None
-    _, pareto = read_csv(path / "pareto.csv", PARETO_COLUMNS)
-    log_columns, logs = read_csv(path / "distill" / "logs.csv", ("step",))
-    model = info.get("model") if info and isinstance(info.get("model"), dict) else {}
-    name = model.get("name") or (plan.model_name if plan else None)
-    expected = model.get("unet_fingerprint") or (plan.unet_fingerprint if plan else None)
+    run = RunDir(path)
+    info = run.record()
+    columns, units = run.table_rows()
+    plan = Plan.load(run.plan_path) if run.plan_path.is_file() else None
+    _, pareto = read_csv(run.pareto_path, PARETO_COLUMNS)
+    log_columns, logs = read_csv(run.distill / "logs.csv", ("step",))
+    name = info.model_name if info else (plan.model_name if plan else None)
+    expected = info.fingerprint if info else (plan.unet_fingerprint if plan else None)
     teacher, note = _teacher(name, expected)
-    return Run(path, info, columns, units or [], _prompts(path / "images"), plan, pareto, log_columns, logs,
-               read_json(path / "distill" / "eval.json", dict), name, teacher, note)
+    return Run(path, info, columns, _checked(run.table_path, columns, units, ("unit", "kind", "stage", "init")) or [],
+               _prompts(run.images), plan, _checked(run.pareto_path, list(PARETO_COLUMNS), pareto, ("remove", "is_preset")),
+               log_columns, _checked(run.distill / "logs.csv", log_columns, logs, ()),
+               read_json(run.distill / "eval.json", dict), name, teacher, note)

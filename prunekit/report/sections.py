@@ -12,12 +12,14 @@ from pathlib import Path
 
 from prunekit.errors import PrunekitError
 from prunekit.report import plots
-from prunekit.report.diagram import removal_state, unet_diagram
-from prunekit.report.rundir import Run, read_json
+from prunekit.graph import Removed
+from prunekit.plan import PRESETS
+from prunekit.report.diagram import unet_diagram
+from prunekit.report.rundir import Run
+from prunekit.rundir import read_json
 
 MAX_PROMPTS = 4  # image-grid columns
 HIGHER_IS_BETTER = ("clip_score", "psnr", "ssim", "attr_")  # metric names (or prefixes) where larger is better
-PRESET_NAMES = ("bk-base", "bk-small", "bk-tiny")
 
 
 # -- formatting ---------------------------------------------------------------------------------------------
@@ -60,10 +62,9 @@ def _run_section(run: Run) -> dict | None:
     info = run.info
     if info is None:
         return None
-    return {"command": _text(info.get("command", "")), "created": _text(info.get("created", "")),
-            "init": _text(info.get("init", "")), "args": _pairs(info.get("args")),
-            "versions": _pairs(info.get("versions")), "baseline": _pairs(info.get("baseline")),
-            "notes": [_text(note) for note in info.get("notes") or []]}
+    return {"command": _text(info.command), "created": _text(info.created), "init": _text(info.init),
+            "args": _pairs(info.args), "versions": _pairs(info.versions), "baseline": _pairs(info.baseline),
+            "notes": [_text(note) for note in info.notes or []]}
 
 
 def _cost_section(run: Run) -> dict | None:
@@ -135,8 +136,13 @@ def _sensitivity_section(run: Run) -> dict | None:
     return {"charts": charts, "count": len(run.units)} if charts else None
 
 
-def _image_uri(path: Path) -> str | None:
-    if not path.is_file():
+def _within(run: Run, path: Path) -> bool:
+    """Whether `path`, links followed, lies inside the run directory: nothing outside it is embedded."""
+    return path.resolve().is_relative_to(run.path.resolve())
+
+
+def _image_uri(run: Run, path: Path) -> str | None:
+    if not path.is_file() or not _within(run, path):
         return None
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -148,25 +154,24 @@ def _images_section(run: Run) -> dict | None:
     prompts = run.prompts[:MAX_PROMPTS]
     rank = {row["unit"]: i for i, row in enumerate(_ranking(run))}
     units = folder / "units"
-    names = sorted((d.name for d in units.iterdir() if d.is_dir()) if units.is_dir() else [],
+    names = sorted((d.name for d in units.iterdir() if d.is_dir() and _within(run, d)) if units.is_dir() else [],
                    key=lambda name: (rank.get(name, len(rank)), name))
-    rows = [{"label": label, "images": [_image_uri(where / f"{i}.png") for i in range(len(prompts))]}
+    rows = [{"label": label, "images": [_image_uri(run, where / f"{i}.png") for i in range(len(prompts))]}
             for label, where in [("baseline", folder / "baseline")] + [(name, units / name) for name in names]]
     return {"prompts": prompts, "rows": rows, "more": len(run.prompts) - len(prompts), "ranked": bool(rank)}
 
 
-def _removed_paths(run: Run) -> set[str]:
-    """Module paths the plan removes (empty without a plan or a teacher config)."""
+def _removed(run: Run) -> Removed:
+    """What the plan removes (nothing without a plan or a teacher config)."""
     if run.plan is None or run.teacher is None:
-        return set()
-    return {path for name in run.plan.remove if name in run.teacher.all_units
-            for path in run.teacher.all_units[name].modules}
+        return Removed(frozenset())
+    return Removed.of(run.teacher.all_units[name] for name in run.plan.remove if name in run.teacher.all_units)
 
 
-def _plan_state(run: Run, name: str, removed: set[str]) -> str:
+def _plan_state(run: Run, name: str, removed: Removed) -> str:
     """'removed', 'partly' or '' for unit `name` under the plan (by module paths when the teacher is known)."""
-    if run.teacher is not None and name in run.teacher.all_units and removed:
-        state = removal_state(run.teacher.all_units[name].modules, removed)
+    if run.teacher is not None and name in run.teacher.all_units and removed.paths:
+        state = removed.state(run.teacher.all_units[name])
         return {"removed": "removed", "partial": "partly", "kept": ""}[state]
     return "removed" if run.plan is not None and name in run.plan.remove else ""
 
@@ -190,7 +195,7 @@ def _units_section(run: Run) -> dict | None:
     columns = ["unit", "kind", "stage", "params"] + ["% params"] * bool(total) + ["MACs", "full MACs"]
     columns += [c.replace("delta_", "Δ ") for c in scores] + ["seconds"] * bool(run.units)
     columns += ["plan"] * (run.plan is not None)
-    removed = _removed_paths(run)
+    removed = _removed(run)
     table = []
     for row in rows:
         params = row.get("params")
@@ -237,7 +242,7 @@ def _plan_section(run: Run) -> dict | None:
                             "measured": f"before distillation: {quality}" if key == "loss" and quality else "—"})
     diagram = None
     if run.teacher is not None:
-        diagram = unet_diagram(run.teacher.units, _removed_paths(run))
+        diagram = unet_diagram(run.teacher.units, _removed(run))
     source = "distill/student/unet/config.json" if student_file.is_file() else "plan.json's student config"
     return {"method": plan.method, "budget": _pairs(plan.budget), "remove": plan.remove, "compare": compare,
             "student_source": source, "diagram": diagram}
@@ -269,7 +274,7 @@ def _preset_sets(run: Run) -> dict[str, frozenset]:
     if run.teacher is None:
         return {}
     try:
-        return {name: frozenset(preset_remove(name, run.teacher.config)) for name in PRESET_NAMES}
+        return {name: frozenset(preset_remove(name, run.teacher.config)) for name in PRESETS}
     except PrunekitError:
         return {}
 

@@ -2,17 +2,17 @@
 
 The random pipeline exists to time the sweep at full scale without downloading anything: the U-Net is built
 from the model's config (the aliases carry theirs in code) directly on the chosen device; the VAE has
-SD's configuration, the text encoder SD-1.x's depth at the U-Net's cross-attention width, and the tokenizer is
-tiny-sd's (its byte-level fallback reads any prompt) padded to SD's 77 tokens.
+SD's configuration, the text encoder SD-1.x's depth at the U-Net's cross-attention width, the scheduler SD's
+PNDM, and the tokenizer the bundled tiny-sd's (its byte-level fallback reads any prompt) padded to SD's 77 tokens.
 """
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextModel
+from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from prunekit.errors import PrunekitError
-from prunekit.models import load_pipeline
+from prunekit.models import bundled_tokenizer
 from prunekit.sensitivity.settings import Settings
 
 SD_VAE = {
@@ -22,22 +22,25 @@ SD_VAE = {
 }
 SD_TEXT_LAYERS = 12
 SD_TOKENS = 77
+SD_PNDM = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+           "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False}
 
 
 def random_pipeline(config: dict, device: str, seed: int) -> StableDiffusionPipeline:
     """A StableDiffusionPipeline around a randomly initialised U-Net of `config` (see the module docstring)."""
-    from prunekit.tiny.architecture import inference_scheduler, text_config
-    from prunekit.tiny.tokenizer import build_tokenizer
-
-    tokenizer = build_tokenizer(SD_TOKENS)
+    tokenizer = CLIPTokenizer.from_pretrained(bundled_tokenizer(), model_max_length=SD_TOKENS)
     width = int(config["cross_attention_dim"])
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=4 * width,
+                          num_hidden_layers=SD_TEXT_LAYERS, num_attention_heads=max(1, width // 64),
+                          projection_dim=width, max_position_embeddings=SD_TOKENS, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     with torch.device(device):
         unet = UNet2DConditionModel.from_config(config)
         vae = AutoencoderKL(sample_size=8 * int(config["sample_size"]), **SD_VAE)
-        text_encoder = CLIPTextModel(text_config(tokenizer, width, SD_TEXT_LAYERS, max(1, width // 64)))
+        text_encoder = CLIPTextModel(text)
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=inference_scheduler(), safety_checker=None, feature_extractor=None,
+                                   scheduler=PNDMScheduler(**SD_PNDM), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 
 
@@ -46,9 +49,9 @@ def load(settings: Settings, device: str) -> StableDiffusionPipeline:
     if settings.init == "random":
         pipe = random_pipeline(settings.config, device, settings.seed)
     else:
-        pipe = load_pipeline(settings.model, settings.torch_dtype)
+        pipe = settings.model.pipeline(settings.torch_dtype)
     if not isinstance(pipe, StableDiffusionPipeline):
-        raise PrunekitError(f"{settings.model} loads as a {type(pipe).__name__}; the sweep runs "
+        raise PrunekitError(f"{settings.model.name} loads as a {type(pipe).__name__}; the sweep runs "
                             "StableDiffusionPipeline models (SD-1.x, SD-2.x, tiny-sd).")
     pipe.to(device)
     if pipe.unet.dtype != settings.torch_dtype:  # random weights are made in float32

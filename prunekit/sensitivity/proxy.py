@@ -18,7 +18,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit
+from prunekit.graph import Unit, inside
 
 State = tuple[torch.Tensor, tuple[torch.Tensor, ...]]  # a block's input: hidden state, skip connections so far
 NOISE_STREAM = 1  # keeps the proxy's noise seeds apart from the generations' (prunekit.generate.image_seeds)
@@ -57,8 +57,7 @@ class BlockForward:
     def first_stage(self, unit: Unit) -> int:
         """The index of the first stage that holds one of `unit`'s modules."""
         names = [name for name, _ in self.stages]
-        return min(i for path in unit.modules for i, name in enumerate(names)
-                   if path == name or path.startswith(name + "."))
+        return min(i for path in unit.modules for i, name in enumerate(names) if inside(path, name))
 
     def context(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> Context:
         unet = self.unet

@@ -16,63 +16,62 @@ from tqdm.auto import tqdm
 
 from prunekit.ablation import ablate
 from prunekit.generate import image_seeds
+from prunekit.worlds import references
 from prunekit.graph import Unit
+from prunekit.models import Model
+from prunekit.options import merged
+from prunekit.rundir import RunDir
 from prunekit.sensitivity import pipelines
-from prunekit.sensitivity.settings import Settings, resolve
-from prunekit.sensitivity.store import RunDir
+from prunekit.sensitivity.settings import Settings, SweepOptions, resolve, rule_value
 
 THUMBNAILS = 4  # prompts per unit whose images are kept for the report
 
 
-def sensitivity(model: str = "tiny-sd", out: str = "runs/sensitivity", granularity: str = "pair", mode: str = "full",
-                metrics=None, prompts: str | None = None, num_prompts: int = 32, steps: int = 25,
-                guidance: float | None = None, seed: int = 0, batch_size: int | None = None, device: str = "cpu",
-                dtype: str = "float32", init: str = "pretrained", units=None, timesteps: int = 4,
-                proxy_latents: str | None = None, clip_model: str | None = None,
-                progress: bool = True) -> pd.DataFrame:
-    """Ablate each unit of `model`'s U-Net alone, score the result, and write runs/NAME (notes/run-directory.md).
+def sensitivity(model: str | Model, out: str = "runs/sensitivity", options: SweepOptions | None = None,
+                **changes) -> pd.DataFrame:
+    """Ablate each unit of `model`'s U-Net alone, score the result, and write runs/NAME (docs/design.md).
 
-    Args:
-        model: an alias (`tiny-sd`, `sd-v1-4`, ...), a hub id or a local diffusers pipeline directory; with
-            init="random" also a directory holding only a U-Net config.
-        out: the run directory. Rerunning the same command resumes (finished units are skipped); another
-            command into the same directory is refused.
+    `model` is an alias (`tiny-sd`, `sd-v1-4`, ...), a hub id or a local diffusers pipeline directory (with
+    init="random" also a directory holding only a U-Net config), or a resolved prunekit.models.Model. `out` is the
+    run directory: rerunning the same command resumes (finished units are skipped), a sweep of other units or
+    another granularity with the same settings extends it, another command into it is refused. `options` are
+    SweepOptions; `changes` are applied to them (`sensitivity("tiny-sd", out, num_prompts=8)`):
+
         granularity: `block`, `pair` or `stage`: which units to sweep (prunekit.graph.enumerate_units).
         mode: `full` generates with every unit ablated and scores the images; `proxy` samples nothing and scores
             the change of the noise prediction (see prunekit.sensitivity.proxy).
-        metrics: full mode: names or a comma-separated string of clip, fid, teacher, attributes (default clip and
-            teacher, plus attributes for captioned-shapes prompts; teacher alone for random weights).
-        prompts: `shapes`, `everyday` or a file of one prompt per line (default: shapes for tiny-sd, else everyday).
-        num_prompts: how many prompts (the first of the set; shapes prompts ordered by `seed`).
+        metrics: full mode: names or a comma-separated string of clip, fid, teacher and the judges of
+            prunekit.worlds (default clip and teacher, plus the prompts' judge: attributes for shapes prompts;
+            teacher alone for random weights).
+        prompts: a prompt set of prunekit.worlds or a file of one prompt per line (default: the model card's).
+        num_prompts: how many prompts (the first of the set; a world's prompts ordered by `seed`).
         steps, guidance: sampling steps of the pipeline's scheduler and classifier-free guidance scale (default:
-            the model's recommended one, prunekit.models.recommended_guidance).
+            the model card's, prunekit.card).
         seed: seeds every image's noise (prunekit.generate.image_seeds), the proxy's noise and random weights.
         batch_size: prompts per batch (default: all at once).
-        device, dtype: where and in which precision to run (`float32`, `float16`, `bfloat16`).
+        device, dtype: where (default cuda when a GPU is visible, else cpu) and in which precision to run.
         init: `pretrained` weights, or `random` ones at the model's real scale to time the sweep (scores mean nothing).
         units: unit names (a list or a comma-separated string) to sweep instead of all units of the granularity.
         timesteps: proxy mode: how many fixed timesteps the latents are noised at.
-        proxy_latents: proxy mode: `baseline` (the intact model's generations) or `rendered` (the captioned-shapes
-            images of the prompts, VAE-encoded); default rendered for shapes prompts, else baseline.
-        clip_model: the CLIP model of CLIP score and FID (default tiny-clip for tiny-sd and shapes prompts, else
-            openai/clip-vit-large-patch14).
-        progress: show a progress bar over the units (on the main process).
+        proxy_latents: proxy mode: `baseline` (the intact model's generations) or `rendered` (the prompts' reference
+            images, VAE-encoded, where their world draws them); default rendered where it does, else baseline.
+        clip_model: the CLIP model of CLIP score and FID (prunekit.metrics.choose_clip by default).
+        progress: show progress bars (on the main process).
 
-    Returns:
-        sensitivity.csv as a DataFrame: one row per unit measured in this directory so far.
+    Returns sensitivity.csv as a DataFrame: one row per unit measured in this directory so far.
     """
-    settings = resolve(model, out, granularity, mode, metrics, prompts, num_prompts, steps, guidance, seed,
-                       batch_size, device, dtype, init, units, timesteps, proxy_latents, clip_model)
-    state = PartialState(cpu=torch.device(device).type == "cpu")
+    settings = resolve(model, out, merged(SweepOptions, options, changes))
+    state = PartialState(cpu=torch.device(settings.device).type == "cpu")
     main = state.is_main_process
+    progress = settings.progress
     say = print if main and progress else (lambda *_: None)
     run, columns = RunDir(settings.out), settings.columns()
-    record = settings.record()
-    info = run.check(record) or record
+    record = run.start(settings.record())
     if main:
         run.merge(columns, [unit.name for unit in settings.units])  # rows a killed distributed run left in shards
     state.wait_for_everyone()
-    done = run.table(columns).units()
+    table = run.table(columns)
+    done = table.units()
     todo = [unit for unit in settings.units if unit.name not in done]
     if len(todo) < len(settings.units):
         say(f"resuming {run.path}: {len(settings.units) - len(todo)} of {len(settings.units)} units already "
@@ -80,20 +79,24 @@ def sensitivity(model: str = "tiny-sd", out: str = "runs/sensitivity", granulari
     if not todo:
         return run.frame(columns)
 
-    where = state.device if state.num_processes > 1 and torch.device(device).type != "cpu" else torch.device(device)
+    where = state.device if state.num_processes > 1 and torch.device(settings.device).type != "cpu" \
+        else torch.device(settings.device)
     clip = _clip_metric(settings, where)
     pipe = pipelines.load(settings, str(where))
     if main:
-        run.write_info(info)
+        run.write_record(record)
     mine = todo[state.process_index::state.num_processes]
     if mine or main:
         say(f"measuring the baseline ({len(settings.prompts)} prompts)...")
         measure_baseline = _proxy if settings.mode == "proxy" else _full
         baseline, measure = measure_baseline(settings, pipe, clip, run, main)
         if main:
-            run.write_info({**info, "baseline": baseline})
+            record.baseline = baseline
+            run.write_record(record)
         table = run.table(columns) if state.num_processes == 1 else run.shard(state.process_index, columns)
         for unit in tqdm(mine, desc="sensitivity", unit="unit", disable=not (main and progress)):
+            if unit.name in table.units():  # another process sweeping into this directory measured it meanwhile
+                continue
             started = time.perf_counter()
             values = measure(unit)
             table.append({"unit": unit.name, "kind": unit.kind, "stage": unit.stage, "params": unit.params,
@@ -115,11 +118,6 @@ def _clip_metric(settings: Settings, device: torch.device):
     return clip_score_metric(settings.clip_model, device)
 
 
-def _sensitivity(settings: Settings, values: dict) -> float:
-    rule = settings.sensitivity_rule()
-    return 0.0 - values[rule[1:]] if rule.startswith("-") else values[rule]  # 0.0 - x: no "-0.0" in the CSV
-
-
 def _sampler(settings: Settings, pipe):
     from prunekit.sensitivity.sampling import Sampler
 
@@ -134,7 +132,7 @@ def _full(settings: Settings, pipe, clip, run: RunDir, main: bool):
     from prunekit.sensitivity.scoring import Scorer
 
     sampler = _sampler(settings, pipe)
-    scorer = Scorer(settings.metrics, list(settings.prompts), clip, settings.clip_model)
+    scorer = Scorer(settings.metrics, list(settings.prompts), clip, settings.clip_model, settings.judge)
     latents = sampler.latents()
     images = sampler.images(latents)
     baseline = scorer.set_baseline(latents, images)
@@ -148,7 +146,7 @@ def _full(settings: Settings, pipe, clip, run: RunDir, main: bool):
         images = sampler.images(latents)
         values = scorer.score(latents, images)
         run.save_images(f"units/{unit.name}", images[:THUMBNAILS])
-        return {**values, "sensitivity": _sensitivity(settings, values)}
+        return {**values, "sensitivity": rule_value(settings.sensitivity_rule(), values)}
 
     return baseline, measure
 
@@ -166,7 +164,7 @@ def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
             run.save_prompts(prompts)
             run.save_images("baseline", sampler.images(latents[:THUMBNAILS]))
     else:
-        latents = _rendered_latents(pipe, prompts, settings.batch_size)
+        latents = _reference_latents(pipe, prompts, settings.batch_size)
         with torch.no_grad():
             embeds = pipe.encode_prompt(prompts, pipe.device, 1, False)[0]
     proxy = Proxy(pipe.unet, latents, embeds, settings.timesteps, pipe.scheduler.alphas_cumprod, settings.seed,
@@ -181,11 +179,9 @@ def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
 
 
 @torch.no_grad()
-def _rendered_latents(pipe, prompts: list[str], batch_size: int | None) -> torch.Tensor:
-    """The captioned-shapes images of `prompts` (canonical position and size), encoded by the pipeline's VAE."""
-    from prunekit.data import shapes
-
-    images = [shapes.render(shapes.parse_caption(prompt)) for prompt in prompts]
+def _reference_latents(pipe, prompts: list[str], batch_size: int | None) -> torch.Tensor:
+    """The reference images of `prompts` (prunekit.worlds.references), encoded by the pipeline's VAE."""
+    images = references(prompts)
     latents = []
     size = batch_size or len(images)
     for start in range(0, len(images), size):

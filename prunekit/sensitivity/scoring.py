@@ -1,4 +1,4 @@
-"""Full-mode scores of one generation: against the prompts (CLIP score, attribute accuracy), as values and
+"""Full-mode scores of one generation: against the prompts (CLIP score, the prompts' judge), as values and
 changes from the baseline's, and against the baseline's own outputs for the same noise (latent MSE, PSNR,
 SSIM, FID), which need no change column."""
 from __future__ import annotations
@@ -7,15 +7,17 @@ import torch
 from PIL import Image
 from torchmetrics.multimodal.clip_score import CLIPScore
 
-from prunekit.attributes import attribute_accuracy
 from prunekit.metrics import clip_score, fid, teacher_error
+from prunekit.worlds import Judge
 
 
 class Scorer:
-    """Scores generations of fixed `prompts` by `metrics` (names of prunekit.metrics.METRICS)."""
+    """Scores generations of fixed `prompts` by `metrics` (names of prunekit.metrics.METRICS; `judge` scores
+    the one that is a judge's)."""
 
-    def __init__(self, metrics: tuple[str, ...], prompts: list[str], clip: CLIPScore | None, clip_model: str | None):
-        self.metrics, self.prompts, self.clip, self.clip_model = metrics, prompts, clip, clip_model
+    def __init__(self, metrics: tuple[str, ...], prompts: list[str], clip: CLIPScore | None, clip_model: str | None,
+                 judge: Judge | None = None):
+        self.metrics, self.prompts, self.clip, self.clip_model, self.judge = metrics, prompts, clip, clip_model, judge
         self.reference: dict = {}
         self.base_latents: torch.Tensor | None = None
         self.base_images: list[Image.Image] = []
@@ -25,9 +27,9 @@ class Scorer:
         for metric in self.metrics:
             if metric == "clip":
                 values["clip_score"] = clip_score(images, self.prompts, self.clip)
-            elif metric == "attributes":
-                accuracy = attribute_accuracy(images, self.prompts)
-                values.update({f"attr_{key}": value for key, value in accuracy.items()})
+            elif self.judge is not None and metric == self.judge.metric:
+                scores = self.judge.score(images, self.prompts)
+                values.update({f"{self.judge.prefix}{key}": value for key, value in scores.items()})
         return values
 
     def set_baseline(self, latents: torch.Tensor, images: list[Image.Image]) -> dict:

@@ -1,42 +1,84 @@
-"""A sweep's settings: every argument checked and every default filled in before anything is loaded.
+"""A sweep's options and settings: every argument checked and every default filled in before anything is loaded.
 
-Also what the settings write: the columns of sensitivity.csv, the rule of its `sensitivity` column, and
-run.json's record (notes/run-directory.md).
+`SweepOptions` is what a caller gives; `resolve` turns it and the model into `Settings`, which also knows
+what the sweep writes: the columns of sensitivity.csv, the rule of its `sensitivity` column, and run.json's
+record (prunekit.rundir, docs/design.md).
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import platform
 from dataclasses import dataclass
 
 import torch
 
+from prunekit import worlds
 from prunekit.errors import PrunekitError
 from prunekit.graph import GRANULARITIES, Unit, enumerate_units
-from prunekit.metrics import BUNDLED_CLIP, DEFAULT_CLIP, check_metrics
-from prunekit.models import build_unet_meta, fingerprint, recommended_guidance, unet_config
-from prunekit.sensitivity import prompts as prompt_sets
+from prunekit.metrics import METRICS, check_metrics, choose_clip
+from prunekit.models import Model, build_unet_meta, resolve_model
+from prunekit.options import check_choice, check_count, check_number, resolve_device
+from prunekit.rundir import UNIT_COLUMNS, RunRecord
+from prunekit.worlds import Judge
 
 MODES = ("full", "proxy")
 INITS = ("pretrained", "random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROXY_LATENTS = ("baseline", "rendered")
-ATTRIBUTE_KEYS = ("color", "shape", "position", "size", "all")
-UNIT_COLUMNS = ["unit", "kind", "stage", "params", "macs", "full_macs", "seconds"]
 # the full-mode `sensitivity` column: the rule of the first of these metrics (in this order) that is computed
-SENSITIVITY_RULES = (("clip", "-delta_clip_score"), ("teacher", "latent_mse"), ("attributes", "-delta_attr_all"),
-                     ("fid", "fid"))
+SENSITIVITY_RULES = (("clip", "-delta_clip_score"), ("teacher", "latent_mse"), ("judge", None), ("fid", "fid"))
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What a sweep takes besides the model and the run directory (prunekit.sensitivity.sensitivity documents
+    each); every value is checked here."""
+
+    granularity: str = "pair"
+    mode: str = "full"
+    metrics: str | tuple[str, ...] | None = None
+    prompts: str | None = None
+    num_prompts: int = 32
+    steps: int = 25
+    guidance: float | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    device: str | None = None
+    dtype: str = "float32"
+    init: str = "pretrained"
+    units: str | tuple[str, ...] | list[str] | None = None
+    timesteps: int = 4
+    proxy_latents: str | None = None
+    clip_model: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        check_choice("mode", self.mode, MODES)
+        check_choice("init", self.init, INITS)
+        check_choice("dtype", self.dtype, tuple(DTYPES))
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("proxy_latents", self.proxy_latents, (None, *PROXY_LATENTS))
+        for name in ("num_prompts", "steps", "timesteps"):
+            check_count(name, getattr(self, name))
+        check_count("batch_size", self.batch_size, optional=True)
+        check_count("seed", self.seed, minimum=0)
+        check_number("guidance", self.guidance, minimum=1, optional=True)
+        if self.mode == "proxy" and self.metrics is not None:
+            raise PrunekitError("proxy mode scores by noise-prediction error (eps_mse) only: leave out --metrics, "
+                                "or use --mode full.")
 
 
 @dataclass(frozen=True)
 class Settings:
     """A checked sweep: what to ablate, how to generate and how to score."""
 
-    model: str
+    model: Model
     out: str
     granularity: str
     mode: str
     metrics: tuple[str, ...]  # empty in proxy mode
+    judge: Judge | None  # scores the prompts' images beyond CLIP (prunekit.worlds), when "judge" is a metric
     prompt_source: str
     prompts: tuple[str, ...]
     steps: int
@@ -51,24 +93,29 @@ class Settings:
     timesteps: int
     proxy_latents: str | None
     clip_model: str | None
-    config: dict  # the U-Net's config
+    progress: bool
+
+    @property
+    def config(self) -> dict:
+        return self.model.config
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
+    def metric_columns(self, metric: str) -> list[str]:
+        if metric == "clip":
+            return ["clip_score", "delta_clip_score"]
+        if metric == "teacher":
+            return ["latent_mse", "psnr", "ssim"]
+        if metric == "fid":
+            return ["fid"]
+        return [name for key in self.judge.keys for name in (f"{self.judge.prefix}{key}",
+                                                             f"delta_{self.judge.prefix}{key}")]
+
     def columns(self) -> list[str]:
         """sensitivity.csv's columns, in order."""
-        columns = list(UNIT_COLUMNS)
-        for metric in self.metrics:
-            if metric == "clip":
-                columns += ["clip_score", "delta_clip_score"]
-            elif metric == "attributes":
-                columns += [name for key in ATTRIBUTE_KEYS for name in (f"attr_{key}", f"delta_attr_{key}")]
-            elif metric == "teacher":
-                columns += ["latent_mse", "psnr", "ssim"]
-            else:
-                columns += ["fid"]
+        columns = list(UNIT_COLUMNS) + [c for metric in self.metrics for c in self.metric_columns(metric)]
         if self.mode == "proxy":
             columns.append("eps_mse")
         if self.init == "random":
@@ -79,12 +126,17 @@ class Settings:
         """What the `sensitivity` column holds (larger = more harmful to remove)."""
         if self.mode == "proxy":
             return "eps_mse"
-        return next(rule for metric, rule in SENSITIVITY_RULES if metric in self.metrics)
+        for metric, rule in SENSITIVITY_RULES:
+            if metric == "judge" and self.judge is not None and self.judge.metric in self.metrics:
+                return f"-delta_{self.judge.prefix}{self.judge.headline}"
+            if metric in self.metrics:
+                return rule
+        raise AssertionError("a full sweep has a metric")
 
     def args(self) -> dict:
         """The arguments as run.json records them (those that do not apply to the mode are None)."""
         proxy = self.mode == "proxy"
-        return {"model": self.model, "granularity": self.granularity, "mode": self.mode,
+        return {"model": self.model.name, "granularity": self.granularity, "mode": self.mode,
                 "metrics": None if proxy else list(self.metrics), "prompts": self.prompt_source,
                 "num_prompts": len(self.prompts), "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
                 "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype, "init": self.init,
@@ -98,7 +150,7 @@ class Settings:
             notes.append("random weights (--init random): for timing only; the scores mean nothing.")
         if self.mode == "proxy":
             source = ("the baseline's generations" if self.proxy_latents == "baseline"
-                      else "the prompts' own captioned-shapes images, VAE-encoded")
+                      else "the prompts' own reference images, VAE-encoded")
             notes.append(f"proxy mode: eps_mse is the mean squared difference of the ablated and intact U-Nets' noise "
                          f"predictions on {source}, each noised at one of {self.timesteps} fixed timesteps "
                          "(LAPTOP-Diff's output criterion); no images are generated per unit.")
@@ -107,13 +159,21 @@ class Settings:
                          "same noise, so they have no delta column.")
         return notes
 
-    def record(self) -> dict:
+    def record(self) -> RunRecord:
         """run.json before the baseline is measured."""
-        return {"command": "sensitivity", "args": self.args(), "versions": versions(),
-                "model": {"name": self.model, "unet_fingerprint": fingerprint(self.config)},
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "baseline": {}, "init": self.init, "notes": self.notes(), "sensitivity": self.sensitivity_rule(),
-                "prompts_sha256": prompt_sets.digest(list(self.prompts))}
+        return RunRecord("sensitivity", self.args(), {"name": self.model.name, "unet_fingerprint": self.model.fingerprint},
+                         versions(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                         {}, self.init, self.notes(), self.sensitivity_rule(), digest(list(self.prompts)))
+
+
+def rule_value(rule: str, values: dict[str, float]) -> float:
+    """The loss by `rule` ("-delta_clip_score", "latent_mse", ...) of one generation's metric columns."""
+    return 0.0 - values[rule[1:]] if rule.startswith("-") else values[rule]  # 0.0 - x: no "-0.0" in the CSV
+
+
+def digest(prompts: list[str]) -> str:
+    """A hash of the prompt texts in order: a resumed run must use the very same prompts."""
+    return "sha256:" + hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
 
 
 def versions() -> dict:
@@ -127,11 +187,6 @@ def versions() -> dict:
     return {"prunekit": prunekit.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__, "torchmetrics": torchmetrics.__version__,
             "accelerate": accelerate.__version__, "python": platform.python_version()}
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise PrunekitError(f"unknown {name} {value!r}: use one of {', '.join(choices)}.")
 
 
 def _names(units) -> list[str] | None:
@@ -152,71 +207,58 @@ def _units(config: dict, granularity: str, names: list[str] | None) -> tuple[Uni
     return tuple(resolve(build_unet_meta(config), names))
 
 
-def _check_unet(model: str, config: dict) -> None:
+def _check_unet(model: Model) -> None:
+    config = model.config
     if config.get("addition_embed_type") or config.get("class_embed_type"):
-        raise PrunekitError(f"{model}'s U-Net takes added conditioning (SDXL-style), which the sweep does not "
+        raise PrunekitError(f"{model.name}'s U-Net takes added conditioning (SDXL-style), which the sweep does not "
                             "support yet: use an SD-1.x or SD-2.x-style model.")
 
 
-def _metrics(metrics, mode: str, init: str, shapes_prompts: bool) -> tuple[str, ...]:
-    if mode == "proxy":
-        if metrics is not None:
-            raise PrunekitError("proxy mode scores by noise-prediction error (eps_mse) only: leave out --metrics, "
-                                "or use --mode full.")
+def _metrics(options: SweepOptions, judge: Judge | None) -> tuple[str, ...]:
+    """The metric names of a full sweep; a judge's metric stands for itself in the names."""
+    if options.mode == "proxy":
         return ()
-    if metrics is None:
-        if init == "random":
+    if options.metrics is None:
+        if options.init == "random":
             return ("teacher",)
-        return ("clip", "teacher") + ("attributes",) * shapes_prompts
-    names = tuple(dict.fromkeys(check_metrics(metrics)))
+        return ("clip", "teacher") + ((judge.metric,) if judge else ())
+    names = tuple(dict.fromkeys(check_metrics(options.metrics)))
     if not names:
-        raise PrunekitError("--metrics names no metric: give one or more of clip, fid, teacher, attributes.")
+        raise PrunekitError(f"--metrics names no metric: give one or more of {', '.join(METRICS)}.")
+    for name in names:
+        other = worlds.judges().get(name)
+        if other is not None and (judge is None or judge.metric != name):
+            raise PrunekitError(f"the {name} metric judges {other.scope} only: use their prompt set, or leave "
+                                f"{name} out of --metrics.")
     return names
 
 
-def resolve(model: str = "tiny-sd", out: str = "runs/sensitivity", granularity: str = "pair", mode: str = "full",
-            metrics=None, prompts: str | None = None, num_prompts: int = 32, steps: int = 25, guidance: float | None = None,
-            seed: int = 0, batch_size: int | None = None, device: str = "cpu", dtype: str = "float32",
-            init: str = "pretrained", units=None, timesteps: int = 4, proxy_latents: str | None = None,
-            clip_model: str | None = None) -> Settings:
-    """Settings from the arguments of prunekit.sensitivity.sensitivity (see there), or a PrunekitError."""
-    _check_choice("mode", mode, MODES)
-    _check_choice("init", init, INITS)
-    _check_choice("dtype", dtype, tuple(DTYPES))
-    _check_choice("granularity", granularity, GRANULARITIES)
-    if min(num_prompts, steps, timesteps, batch_size or 1) < 1:
-        raise PrunekitError("num_prompts, steps, timesteps and batch_size must each be at least 1.")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise PrunekitError(f"unknown device {device!r}: use cpu, cuda or cuda:N.") from None
-    source = prompts or prompt_sets.default_source(model)
-    texts = prompt_sets.load(source, num_prompts, seed)
-    shapes_prompts = prompt_sets.are_shapes(texts)
-    chosen = _metrics(metrics, mode, init, shapes_prompts)
-    if "attributes" in chosen and not shapes_prompts:
-        raise PrunekitError("the attributes metric judges captioned-shapes images only: use the shapes prompts, "
-                            "or leave attributes out of --metrics.")
+def resolve(model: str | Model, out: str, options: SweepOptions) -> Settings:
+    """Settings from a model, a run directory and options, or a PrunekitError."""
+    model = resolve_model(model)
+    device = resolve_device(options.device)
+    source = options.prompts or model.card.prompts
+    texts = worlds.prompts(source, options.num_prompts, options.seed)
+    judge = worlds.judge_for(texts)
+    chosen = _metrics(options, judge)
     if "fid" in chosen and len(texts) < 2:
         raise PrunekitError("FID needs at least 2 prompts: raise --num-prompts.")
-    if mode == "proxy":
-        proxy_latents = proxy_latents or ("rendered" if shapes_prompts else "baseline")
-        _check_choice("proxy latents", proxy_latents, PROXY_LATENTS)
-        if proxy_latents == "rendered" and not shapes_prompts:
-            raise PrunekitError("rendered proxy latents exist for captioned-shapes prompts only: use baseline.")
-        if timesteps > len(texts):
-            raise PrunekitError(f"each prompt's latent is noised at one of the {timesteps} timesteps: give at least "
-                                f"{timesteps} prompts, or fewer --timesteps.")
-    else:
-        proxy_latents = None
-    if {"clip", "fid"} & set(chosen):
-        clip_model = clip_model or (BUNDLED_CLIP if model == "tiny-sd" or shapes_prompts else DEFAULT_CLIP)
-    else:
-        clip_model = None
-    config = unet_config(model)
-    _check_unet(model, config)
-    selected = _units(config, granularity, _names(units))
-    guidance = recommended_guidance(model) if guidance is None else float(guidance)
-    return Settings(model, str(out), granularity, mode, chosen, source, tuple(texts), steps, guidance, seed,
-                    batch_size, device, dtype, init, selected, units is not None, timesteps, proxy_latents,
-                    clip_model, config)
+    proxy_latents = None
+    if options.mode == "proxy":
+        references = worlds.references(texts) is not None
+        proxy_latents = options.proxy_latents or ("rendered" if references else "baseline")
+        if proxy_latents == "rendered" and not references:
+            raise PrunekitError("rendered proxy latents need prompts whose world can draw them (the shapes): use "
+                                "--proxy-latents baseline.")
+        if options.timesteps > len(texts):
+            raise PrunekitError(f"each prompt's latent is noised at one of the {options.timesteps} timesteps: give at "
+                                f"least {options.timesteps} prompts, or fewer --timesteps.")
+    clip_model = choose_clip(options.clip_model, model.card, texts) if {"clip", "fid"} & set(chosen) else None
+    _check_unet(model)
+    selected = _units(model.config, options.granularity, _names(options.units))
+    guidance = model.card.guidance if options.guidance is None else float(options.guidance)
+    return Settings(model, str(out), options.granularity, options.mode, chosen,
+                    judge if judge is not None and judge.metric in chosen else None, source, tuple(texts),
+                    options.steps, guidance, options.seed, options.batch_size, device, options.dtype, options.init,
+                    selected, options.units is not None, options.timesteps, proxy_latents, clip_model,
+                    options.progress)

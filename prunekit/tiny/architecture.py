@@ -10,7 +10,7 @@ from __future__ import annotations
 from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from prunekit.data.shapes import IMAGE_SIZE
+from prunekit.shapes.data import IMAGE_SIZE
 
 LATENT_SIZE = IMAGE_SIZE // 4
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000}

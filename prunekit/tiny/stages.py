@@ -18,8 +18,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
-from prunekit import attributes
-from prunekit.data import shapes
+from prunekit.shapes import judge as attributes
+from prunekit.shapes import data as shapes
 from prunekit.guidance_tuning import TunedGuidance
 from prunekit.tiny.architecture import train_scheduler
 

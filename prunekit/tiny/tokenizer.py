@@ -15,7 +15,7 @@ from pathlib import Path
 from tokenizers import pre_tokenizers
 from transformers import CLIPTokenizer
 
-from prunekit.data import shapes
+from prunekit.shapes import data as shapes
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 WORD_END = "</w>"

@@ -23,6 +23,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import diffusers
@@ -32,10 +33,11 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel
 
 from prunekit.guidance_tuning import TunedGuidance
-from prunekit.models import write_recommended_guidance
+from prunekit.card import ModelCard
 from prunekit.tiny import architecture, stages
 from prunekit.tiny.tokenizer import build_tokenizer, save_tokenizer
 
+CARD = ModelCard(prompts="shapes", data="shapes", clip_model="tiny-clip")  # tiny-sd's world (prunekit.shapes)
 PRESETS = {
     "full": {
         "images": 20_000, "heldout_images": 1_000,
@@ -156,14 +158,14 @@ def save_clip(model, tokenizer, directory: Path) -> None:
 
 
 def save_pipeline(vae, text_model, tokenizer, unet, directory: Path, tuned: TunedGuidance | None = None) -> None:
-    """The StableDiffusionPipeline directory (safetensors), tokenizer with vocab.json and merges.txt; a
-    guidance-tuned U-Net's prunekit.json records its tuning and takes its tuned scale as the default."""
+    """The StableDiffusionPipeline directory (safetensors), tokenizer with vocab.json and merges.txt, and the
+    model card (prunekit.card): the shapes world's prompts, data and CLIP model; a guidance-tuned U-Net's card
+    records its tuning and takes its tuned scale as the default."""
     def save(path: Path) -> None:
         pipe = architecture.pipeline(vae, text_model, tokenizer, unet)
         pipe.save_pretrained(path, safe_serialization=True)
         save_tokenizer(tokenizer, path / "tokenizer")
-        if tuned is not None:
-            write_recommended_guidance(path, tuned.scale, tuned)
+        (replace(CARD, guidance=tuned.scale, tuned=tuned) if tuned else CARD).write(path)
 
     save_replacing(directory, save)
 

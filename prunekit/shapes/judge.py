@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from prunekit.data.shapes import (
+from prunekit.shapes.data import (
     BACKGROUNDS,
     COLORS,
     IMAGE_SIZE,

@@ -12,7 +12,6 @@ import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 64
@@ -148,25 +147,3 @@ def sample(split: str, index: int, seed: int = 0) -> tuple[Image.Image, Attribut
     dx, dy = rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=2)
     scale = 1.0 + rng.uniform(-SIZE_JITTER, SIZE_JITTER)
     return render(attrs, float(dx), float(dy), float(scale)), attrs
-
-
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image as a 3xHxW float tensor in [-1, 1], the range diffusers' VAEs expect."""
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
-
-
-class ShapesDataset(torch.utils.data.Dataset):
-    """`length` seeded examples of a split: {"pixel_values": 3x64x64 in [-1, 1], "text": caption}."""
-
-    def __init__(self, split: str = "train", length: int = 10_000, seed: int = 0):
-        self.split, self.length, self.seed = split, length, seed
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        image, attrs = sample(self.split, index, self.seed)
-        return {"pixel_values": to_tensor(image), "text": attrs.caption()}
