@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import warnings
 
 from prunekit.errors import PrunekitError
+from prunekit.quiet import quiet_libraries
 
 MODEL_HELP = "an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, tiny-sd), a hub id or a local diffusers directory"
 GUIDANCE_HELP = "classifier-free guidance scale (default: the model card's; 7.5 for SD)"
@@ -37,7 +36,7 @@ def _sensitivity(args) -> None:
 
 
 def _plan(args) -> None:
-    from prunekit.options import from_namespace
+    from prunekit.options import check_count, from_namespace
     from prunekit.planner import PlanOptions, plan, summary
 
     if args.budget is None:
@@ -46,6 +45,8 @@ def _plan(args) -> None:
     options = from_namespace(PlanOptions, args)  # checked before a measurer is built
     measure = None
     if args.objective == "measured":
+        check_count("measure_prompts", args.measure_prompts)
+        check_count("measure_steps", args.measure_steps, optional=True)
         from prunekit.planner.measured import deferred_measurer
 
         measure = deferred_measurer(args.model, args.sensitivity, num_prompts=args.measure_prompts,
@@ -60,7 +61,7 @@ def _preset(args) -> None:
     from prunekit.options import check_output_file
     from prunekit.plan import make_preset
 
-    output = check_output_file(args.out or "plan.json", "plan", replace=args.force)
+    output = check_output_file("plan.json" if args.out is None else args.out, "plan", replace=args.force)
     made = make_preset(args.preset, args.model, resolve_model(args.model).config)
     made.save(output)
     predicted = made.predicted
@@ -214,16 +215,24 @@ def _distill_parser(commands) -> None:
     distill.add_argument("--batch-size", type=int, default=16, help="micro-batch size per process (default 16)")
     distill.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
     distill.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5)")
+    distill.add_argument("--lr-schedule", choices=("constant", "cosine", "linear"), default="constant",
+                         help="constant (default, BK-SDM's), or cosine or linear decay after the warm-up")
+    distill.add_argument("--warmup", type=int, default=0, help="steps of linear learning-rate warm-up (default 0)")
+    distill.add_argument("--schedule-steps", type=int,
+                         help="the schedule's length (default --steps): a longer one stops the run part-way")
     for name, what in (("task", "the task loss"), ("out", "output KD"), ("feat", "feature KD")):
         distill.add_argument(f"--lambda-{name}", type=float, default=1.0, help=f"weight of {what} (default 1)")
     distill.add_argument("--feat-norm", choices=("none", "teacher"), default="none",
                          help="divide each feature term by the teacher feature's mean square (teacher)")
     distill.add_argument("--ema", action="store_true", help="keep an EMA of the student's weights (student_ema/)")
+    distill.add_argument("--ema-decay", type=float, default=0.9999,
+                         help="the EMA's largest decay, reached through a warm-up (default 0.9999)")
     distill.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     distill.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
     distill.add_argument("--cache-latents", action="store_true",
                          help="encode images and captions once into OUT/cache and train from there")
     distill.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    distill.add_argument("--keep-checkpoints", type=int, default=3, help="newest checkpoints kept (default 3)")
     distill.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
     distill.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     distill.add_argument("--num-examples", type=int, help="use the first N examples (named data: generate N)")
@@ -297,24 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def quiet_libraries() -> None:
-    """Keep the terminal for prunekit's own output: no library warnings, logs or loading bars."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # tensorboard's TensorFlow probe
-    warnings.filterwarnings("ignore")  # third-party deprecation and user warnings; prunekit reports its own
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_libraries()
+    quiet_libraries()  # before the first library import
     try:
         args.run(args)
     except PrunekitError as error:

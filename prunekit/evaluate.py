@@ -64,8 +64,8 @@ def evaluate(model: str | Model, options: EvalOptions | None = None, pipeline=No
     source = options.prompts or model.card.prompts
     texts = worlds.prompts(source, options.num_prompts, options.seed)
     clip_model = choose_clip(options.clip_model, model.card, texts)
-    metric = clip_score_metric(clip_model, device)  # before generating: a missing CLIP model fails fast
     pipe = pipeline if pipeline is not None else model.pipeline()
+    metric = clip_score_metric(clip_model, device)  # before generating: a missing CLIP model fails fast
     pipe.to(device)
     guidance = model.card.guidance if options.guidance is None else options.guidance
 

@@ -166,7 +166,7 @@ def check_unet_config(config, source: str) -> dict:
                             "diffusers U-Net's config.json.")
     kind = config.get("_class_name", UNET_CLASS)
     if kind not in UNET_CLASSES:
-        raise PrunekitError(f"{source} is the config of a {kind}, not of a {UNET_CLASS}: pass a pipeline's "
+        raise PrunekitError(f"{source} is the config of {kind}, not of a {UNET_CLASS}: pass a pipeline's "
                             "unet/ folder or its U-Net's config.json.")
     blocks = [config.get(key) for key in ("down_block_types", "up_block_types", "block_out_channels")]
     if not all(isinstance(value, list) and value for value in blocks) or len({len(value) for value in blocks}) != 1:
@@ -284,6 +284,7 @@ class Model:
         kwargs = {"dtype": dtype, "use_safetensors": True}  # never torch.load a pickle
         if self.local:
             _check_pipeline_dir(Path(self.location))
+            _ = self.config  # a garbled U-Net config is refused in one sentence before diffusers reads it
             kwargs["safety_checker"] = None
             return _loading(lambda: DiffusionPipeline.from_pretrained(self.location, local_files_only=True, **kwargs),
                             self.location)
@@ -319,7 +320,7 @@ def _loading(load, where: str):
         return load()
     except PrunekitError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, ImportError, RuntimeError) as error:
+    except Exception as error:  # noqa: BLE001 - a broken folder makes the loaders raise anything; say so in one line
         detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise PrunekitError(f"cannot load {where} ({detail}): pass a directory saved by diffusers' "
                             "save_pretrained with safetensors weights.") from None

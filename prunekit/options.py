@@ -85,17 +85,27 @@ def merged(cls, options, changes: dict):
 
 
 def _writable_folder(folder: Path) -> bool:
-    """Whether a file could be created in `folder`: its nearest existing ancestor is a folder this process may
-    write (nothing is created to find out)."""
+    """Whether a file can be created in `folder`: its nearest existing ancestor is a folder that takes a file
+    (one is written there and deleted; no folder is created to find out)."""
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
-    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+    if not existing.is_dir():
+        return False
+    probe = existing / f".prunekit-probe.{os.getpid()}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
 
 
 def check_output_file(path, what: str, replace=False) -> Path:
     """Refuse an output file path that is a directory, lies in a folder that cannot be written, or names an
     existing file that `replace` does not allow replacing (False: none; True: any; a callable: those it accepts)."""
+    if not str(path).strip():
+        raise PrunekitError(f"the {what} file's path is empty: give the path to write it to.")
     path = Path(path)
     if path.is_dir():
         raise PrunekitError(f"{path} is a directory: give the path of the {what} file to write.")
@@ -109,6 +119,8 @@ def check_output_file(path, what: str, replace=False) -> Path:
 
 def check_output_dir(path, what: str) -> Path:
     """Refuse an output folder path that is a file or cannot be written."""
+    if not str(path).strip():
+        raise PrunekitError(f"the {what}'s folder is empty: give a folder to write it to.")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise PrunekitError(f"{path} is a file: give a folder for the {what}.")

@@ -32,6 +32,7 @@ from prunekit.plan import Plan
 from prunekit.students import write_manifest
 
 EVAL_KEYS = ("clip_score", "clip_score_real", "clip_score_ratio", "seconds_per_image")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,20 @@ class DistillOptions:
     batch_size: int = 16
     grad_accum: int = 1
     lr: float = 5e-5
+    lr_schedule: str = "constant"
+    warmup: int = 0
+    schedule_steps: int | None = None
     lambda_task: float = 1.0
     lambda_out: float = 1.0
     lambda_feat: float = 1.0
     feat_norm: str = "none"
     ema: bool = False
+    ema_decay: float = 0.9999
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     cache_latents: bool = False
     checkpoint_every: int = 500
+    keep_checkpoints: int = 3
     resume: bool = False
     seed: int = 0
     num_examples: int | None = None
@@ -62,12 +68,17 @@ class DistillOptions:
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "eval_steps"):
+        for name in ("steps", "batch_size", "grad_accum", "checkpoint_every", "keep_checkpoints", "eval_steps"):
             check_count(name, getattr(self, name))
         check_count("num_examples", self.num_examples, optional=True)
-        for name in ("seed", "num_workers", "eval_num_prompts"):
+        for name in ("seed", "num_workers", "eval_num_prompts", "warmup"):
             check_count(name, getattr(self, name), minimum=0)
+        check_count("schedule_steps", self.schedule_steps, minimum=self.steps, optional=True)
         check_number("lr", self.lr, above=0)
+        check_number("ema_decay", self.ema_decay, above=0)
+        if self.ema_decay >= 1:
+            raise PrunekitError(f"--ema-decay must be below 1, not {self.ema_decay:g}.")
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         lambdas = (self.lambda_task, self.lambda_out, self.lambda_feat)
         for name, value in zip(("lambda_task", "lambda_out", "lambda_feat"), lambdas):
             check_number(name, value, minimum=0)
@@ -79,9 +90,11 @@ class DistillOptions:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, grad_accum=self.grad_accum, lr=self.lr,
+                           lr_schedule=self.lr_schedule, warmup=self.warmup, schedule_steps=self.schedule_steps,
                            weights=Weights(self.lambda_task, self.lambda_out, self.lambda_feat),
-                           feat_norm=self.feat_norm, ema=self.ema, gradient_checkpointing=self.gradient_checkpointing,
-                           checkpoint_every=self.checkpoint_every, seed=self.seed, num_workers=self.num_workers,
+                           feat_norm=self.feat_norm, ema=self.ema, ema_decay=self.ema_decay,
+                           gradient_checkpointing=self.gradient_checkpointing, checkpoint_every=self.checkpoint_every,
+                           keep_checkpoints=self.keep_checkpoints, seed=self.seed, num_workers=self.num_workers,
                            progress=self.progress)
 
 
@@ -195,14 +208,18 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
         teacher: the teacher MODEL (default: the plan's model).
         options: DistillOptions; `changes` are applied to them (`distill(plan, out=..., steps=200)`):
             steps, batch_size (per process), grad_accum, lr: optimizer steps, micro-batch size, micro-batches per
-            step, AdamW learning rate (weight decay 1e-2, gradient clipping at 1.0, constant schedule);
+            step, AdamW learning rate (weight decay 1e-2, gradient clipping at 1.0);
+            lr_schedule, warmup, schedule_steps: constant (BK-SDM's), cosine or linear decay after `warmup` linear
+            warm-up steps, over `schedule_steps` (default `steps`; a longer one stops a run part-way through it);
             lambda_task, lambda_out, lambda_feat, feat_norm: loss weights and feature normalisation
             (prunekit.distill.losses); lambda_out = lambda_feat = 0 is plain fine-tuning, without the teacher;
-            ema: keep an exponential moving average of the student's weights (saved to out/student_ema);
+            ema, ema_decay: keep an exponential moving average of the student's weights (saved to out/student_ema),
+            its decay warming up as 1 - (1 + step) ** (-2/3) to at most `ema_decay`;
             mixed_precision: 'no', 'fp16' or 'bf16' (the frozen models run in that dtype; the student trains in
             float32 master weights under autocast); gradient_checkpointing: recompute activations in backward;
             cache_latents: encode images and captions once into out/cache and train from there;
-            checkpoint_every, resume: checkpoint interval (the newest 3 are kept); continue from the newest;
+            checkpoint_every, keep_checkpoints, resume: checkpoint interval, how many of the newest are kept;
+            continue from the newest;
             seed: seeds data order, flips, noise and timesteps (and a world's generator);
             num_examples: use the first N examples of the data (a world's data: how many to generate);
             num_workers: data-loader worker processes;

@@ -47,17 +47,21 @@ DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 @dataclass
 class TrainConfig:
-    """The hyper-parameters of one run (BK-SDM's defaults: AdamW 5e-5, weight decay 1e-2, clipping 1.0)."""
+    """The hyper-parameters of one run (BK-SDM's defaults: AdamW 5e-5, constant, weight decay 1e-2, clipping 1.0)."""
 
     steps: int = 1000
     batch_size: int = 16  # per process
     grad_accum: int = 1
     lr: float = 5e-5
+    lr_schedule: str = "constant"  # diffusers.optimization's: constant, cosine, linear, ...
+    warmup: int = 0  # steps of linear warm-up
+    schedule_steps: int | None = None  # the schedule's length (default `steps`): a run stopped early keeps it
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     weights: Weights = field(default_factory=Weights)
     feat_norm: str = "none"
     ema: bool = False
+    ema_decay: float = 0.9999  # the EMA's largest decay, reached by diffusers' warm-up 1 - (1 + step) ** (-2/3)
     gradient_checkpointing: bool = False
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -68,10 +72,19 @@ class TrainConfig:
     def settings(self, accelerator: Accelerator) -> dict:
         """What a resumed run must share with the run it continues."""
         return {"batch_size": self.batch_size, "grad_accum": self.grad_accum, "lr": self.lr,
+                "lr_schedule": self.lr_schedule, "warmup": self.warmup, "schedule_steps": self.schedule_length,
                 "weight_decay": self.weight_decay, "max_grad_norm": self.max_grad_norm,
                 "lambda_task": self.weights.task, "lambda_out": self.weights.out, "lambda_feat": self.weights.feat,
-                "feat_norm": self.feat_norm, "ema": self.ema, "seed": self.seed,
-                "mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes}
+                "feat_norm": self.feat_norm, "ema": self.ema, "ema_decay": self.ema_decay if self.ema else None,
+                "seed": self.seed, "mixed_precision": accelerator.mixed_precision,
+                "num_processes": accelerator.num_processes}
+
+    @property
+    def schedule_length(self) -> int | None:
+        """The LR schedule's length in optimizer steps (None for a constant schedule, which has none)."""
+        if self.lr_schedule == "constant" and not self.warmup:
+            return None
+        return self.schedule_steps or self.steps
 
 
 def noise_seed(seed: int, process: int) -> int:
@@ -115,10 +128,13 @@ class Distiller:
         self.teacher_taps = FeatureTaps(self.teacher, [t for _, t in pairs] if features else [])
         self.ema = None
         if config.ema:
-            self.ema = EMAModel(student.parameters(), model_cls=type(student), model_config=student.config)
+            self.ema = EMAModel(student.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3,
+                                model_cls=type(student), model_config=student.config)
             self.ema.to(self.device)
         optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        lr_scheduler = get_scheduler("constant", optimizer)
+        name = "constant_with_warmup" if config.lr_schedule == "constant" and config.warmup else config.lr_schedule
+        lr_scheduler = get_scheduler(name, optimizer, num_warmup_steps=config.warmup,
+                                     num_training_steps=config.schedule_length or config.steps)
         self.sampler = EpochSampler(len(dataset), config.seed)
         loader = torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=self.sampler,
                                              drop_last=True, num_workers=config.num_workers,

@@ -30,9 +30,9 @@ def is_report(path: Path) -> bool:
 def build_report(run_dir, output=None) -> Path:
     """Write the report of run directory `run_dir` to `output` (default `run_dir/report.html`) and return its
     path. An existing file there is replaced only when it is a prunekit report itself."""
-    output = Path(output) if output is not None else Path(run_dir) / REPORT
-    check_output_file(output, "report", replace=is_report)
     run = read_run(Path(run_dir))
+    output = Path(output) if output is not None else run.path / REPORT
+    check_output_file(output, "report", replace=is_report)
     environment = jinja2.Environment(loader=jinja2.PackageLoader("prunekit.report", "templates"),
                                      autoescape=True, undefined=jinja2.StrictUndefined)
     html = environment.get_template("report.html.j2").render(**context(run))

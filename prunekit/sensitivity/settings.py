@@ -193,9 +193,12 @@ def _names(units) -> list[str] | None:
     if units is None:
         return None
     names = [name.strip() for name in units.split(",")] if isinstance(units, str) else [str(u) for u in units]
-    names = list(dict.fromkeys(name for name in names if name))
+    names = [name for name in names if name]
     if not names:
         raise PrunekitError("--units names no unit: give unit names separated by commas, or leave it out.")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise PrunekitError(f"--units names {', '.join(twice)} more than once: name each unit once.")
     return names
 
 
