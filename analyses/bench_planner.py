@@ -27,6 +27,7 @@ from bench_report import write
 from prunekit.graph import all_units
 from prunekit.models import unet_config
 from prunekit.planner.api import run_storage
+from prunekit.planner.budget import Budget
 from prunekit.planner.greedy import greedy
 from prunekit.planner.objective import Additive
 from prunekit.rundir import RunDir
@@ -74,11 +75,14 @@ def main() -> None:
     def cost(state):
         return space.fraction(state, "params")
 
+    def costs(state):
+        return {"params": cost(state)}
+
     def loss(state):
         return objective(space.remove(state))
 
     everything = [(cost(s), loss(s)) for s in all_states(space)]
-    pruned = space.undominated("params", objective.unit)
+    pruned = space.undominated(["params"], objective.unit)
     print(f"SD-v1.4 diffusers space: {space.size()} plans ({pruned.size()} after pruning dominated choices); "
           f"built in {build:.1f}s (unit costs on the meta device, not timed below)")
     print(f"{'budget':>7} {'method':<26} {'seconds':>8} {'/ target':>9} {'loss':>8} {'optimum':>8}")
@@ -94,12 +98,13 @@ def main() -> None:
             for label, searched, exhaustive in (("optuna", pruned, None), ("optuna TPE whole", space, False)):
                 for where in ("memory", "sqlite"):
                     storage = None if where == "memory" else sqlite(folder, f"{label}-{budget}")
-                    seconds, study = timed(lambda: search(searched, cost, loss, budget, trials=TRIALS, storage=storage,
-                                                          study_name=label, seed=args.seed, exhaustive=exhaustive))
+                    seconds, study = timed(lambda: search(searched, costs, loss, Budget.parse(budget), trials=TRIALS,
+                                                          storage=storage, study_name=label, seed=args.seed,
+                                                          exhaustive=exhaustive))
+                    value = best_trial(study, Budget.parse(budget)).value
                     print(f"{budget:>7} {f'{label} ({where})':<26} {seconds:>8.3f} {seconds / OPTUNA_TARGET:>9.3f} "
-                          f"{best_trial(study, budget).value:>8.3f} {optimum:>8.3f}  "
-                          f"({len(study.trials)} trials, {type(study.sampler).__name__})")
-                    rows.append({"measure": f"{label} ({where}) @{budget} (loss {best_trial(study, budget).value:.3f}, "
+                          f"{value:>8.3f} {optimum:>8.3f}  ({len(study.trials)} trials, {type(study.sampler).__name__})")
+                    rows.append({"measure": f"{label} ({where}) @{budget} (loss {value:.3f}, "
                                             f"optimum {optimum:.3f})",
                                  "value": seconds, "unit": "s", "target": f"< {OPTUNA_TARGET}"})
         free_space(config, objective, args.seed, folder)
@@ -123,10 +128,11 @@ def free_space(config: dict, objective: Additive, seed: int, folder: str, budget
     print(f"{budget:>7} {'free: greedy':<26} {seconds:>8.3f} {seconds / GREEDY_TARGET:>9.3f} {loss(state):>8.3f}")
     for where in ("memory", "sqlite"):
         storage = None if where == "memory" else sqlite(folder, "free")
-        seconds, study = timed(lambda: search(space, cost, loss, budget, trials=TRIALS, storage=storage,
-                                              study_name="free", seed=seed))
+        seconds, study = timed(lambda: search(space, lambda s: {"params": cost(s)}, loss, Budget.parse(budget),
+                                              trials=TRIALS, storage=storage, study_name="free", seed=seed))
         print(f"{budget:>7} {f'free: optuna ({where})':<26} {seconds:>8.3f} {seconds / OPTUNA_TARGET:>9.3f} "
-              f"{best_trial(study, budget).value:>8.3f}  ({len(study.trials)} trials, {type(study.sampler).__name__})")
+              f"{best_trial(study, Budget.parse(budget)).value:>8.3f}  ({len(study.trials)} trials, "
+              f"{type(study.sampler).__name__})")
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,17 @@
 """How fast distillation recovers the teacher: a preset's student on the bundled tiny-sd, trained once, its
 checkpoints scored along the way (the recovery curve: attributes and CLIP score against steps and minutes).
 
-    python analyses/recovery.py [--preset bk-small] [--steps 1500] [--batch-size 32] [--lr 5e-4]
-        [--lr-schedule cosine] [--warmup 100] [--ema] [--every 300] [--curve-prompts 64] [--threads 2]
-        [--name NAME] [--work runs/recovery] [--out reports/recovery]
+    python analyses/recovery.py [--preset bk-small] [--steps 600] [--batch-size 32] [--lr 5e-4]
+        [--lr-schedule cosine] [--warmup 50] [--no-ema] [--caption-dropout 0.1] [--every 150] [--curve-prompts 64]
+        [--threads 2] [--name NAME] [--work runs/recovery] [--out reports/recovery]
 
-The run is one `prunekit distill` (prunekit.distill) with latents cached, on the shapes data; its eval.json
-scores the teacher and the student before and after on 200 held-out prompts (the goal's protocol). Every
+The run is one `prunekit distill` (prunekit.distill; its defaults here are prunekit.distill.RECOVERY's) with
+latents cached, on the shapes data; its eval.json scores the teacher and the student before and after on 200
+held-out prompts (the goal's protocol). Every
 `--every` steps a checkpoint is kept, and afterwards each is scored on `--curve-prompts` held-out prompts (the
 same prompts and seeds for the teacher). Recovery is the student's score as a share of the teacher's. The
-training minutes are logs.csv's (cache building included); scoring is not counted. Writes into --out:
+training minutes are logs.csv's; the whole distill call's wall time (latent cache, evaluations) is given too.
+Writes into --out:
 NAME.csv (the curve), NAME.md (settings, final scores, recovery, minutes) and NAME.png.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from safetensors.torch import load_file
 from prunekit.quiet import quiet_libraries
 
 quiet_libraries()
-from prunekit.distill import DistillOptions, checkpoints, distill  # noqa: E402
+from prunekit.distill import RECOVERY, DistillOptions, checkpoints, distill  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
 from prunekit.models import resolve_model  # noqa: E402
 from prunekit.plan import Plan, make_preset  # noqa: E402
@@ -62,17 +64,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-sd")
     parser.add_argument("--preset", default="bk-small")
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--lr-schedule", default="cosine")
-    parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--ema", action="store_true")
-    parser.add_argument("--ema-decay", type=float, default=0.999)
-    parser.add_argument("--feat-norm", default="teacher")
+    parser.add_argument("--steps", type=int, default=RECOVERY.steps)
+    parser.add_argument("--batch-size", type=int, default=RECOVERY.batch_size)
+    parser.add_argument("--lr", type=float, default=RECOVERY.lr)
+    parser.add_argument("--lr-schedule", default=RECOVERY.lr_schedule)
+    parser.add_argument("--warmup", type=int, default=RECOVERY.warmup)
+    parser.add_argument("--no-ema", dest="ema", action="store_false", help="score the trained weights, not the EMA")
+    parser.add_argument("--ema-decay", type=float, default=RECOVERY.ema_decay)
+    parser.add_argument("--feat-norm", default=RECOVERY.feat_norm)
+    parser.add_argument("--caption-dropout", type=float, default=RECOVERY.caption_dropout)
     parser.add_argument("--lambdas", default="1,1,1", help="task, out-KD and feature-KD weights")
     parser.add_argument("--num-examples", type=int, default=10_000)
-    parser.add_argument("--every", type=int, default=300, help="steps between scored checkpoints")
+    parser.add_argument("--every", type=int, default=150, help="steps between scored checkpoints")
     parser.add_argument("--curve-prompts", type=int, default=64)
     parser.add_argument("--final-prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         make_preset(args.preset, model.name, model.config).save(plan)
     options = DistillOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                              warmup=args.warmup, ema=args.ema, ema_decay=args.ema_decay, feat_norm=args.feat_norm,
+                             caption_dropout=args.caption_dropout,
                              lambda_task=lambdas[0], lambda_out=lambdas[1], lambda_feat=lambdas[2],
                              cache_latents=True, num_examples=args.num_examples, checkpoint_every=args.every,
                              keep_checkpoints=args.steps // args.every + 1, seed=args.seed,
@@ -150,8 +154,8 @@ def write(out: Path, name: str, args, rows: list[dict], teacher: dict, final: di
     teacher_final, after = final["teacher"], final["student_after_ema" if args.ema else "student_after"]
     lines = [f"# Recovery: {name}", "",
              f"`python analyses/recovery.py {' '.join(_argv(args))}`", "",
-             f"- training: {train_minutes:.1f} min (logs.csv, latent cache included); the whole distill call with "
-             f"its evaluations {wall_minutes:.1f} min",
+             f"- training: {train_minutes:.1f} min (logs.csv); the whole distill call, the latent cache and four "
+             f"evaluations of {args.final_prompts} prompts included, {wall_minutes:.1f} min",
              f"- held-out, {args.final_prompts} prompts: teacher attributes-all "
              f"{teacher_final['attribute_accuracy']['all']:.3f}, CLIP {teacher_final['clip_score']:.2f}; student "
              f"before {final['student_before']['attribute_accuracy']['all']:.3f} / "

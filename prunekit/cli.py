@@ -42,7 +42,10 @@ def _plan(args) -> None:
     if args.budget is None:
         _preset(args)
         return
-    options = from_namespace(PlanOptions, args)  # checked before a measurer is built
+    from prunekit.planner.recoverable import RecoverOptions
+
+    recover = RecoverOptions(first_rung=args.kd_steps, pool=args.pool, seed=args.seed)
+    options = from_namespace(PlanOptions, args, recover=recover)  # checked before a measurer is built
     measure = None
     if args.objective == "measured":
         check_count("measure_prompts", args.measure_prompts)
@@ -156,6 +159,10 @@ def _sensitivity_parser(commands) -> None:
                                   "(default rendered where the prompts' world draws them, else baseline)")
     sensitivity.add_argument("--clip-model", help="CLIP model of CLIP score and FID (default: the model card's, "
                                                   "else the prompts' world's, else openai/clip-vit-large-patch14)")
+    sensitivity.add_argument("--race", action="store_true",
+                             help="full mode: measure units on rounds of prompts and stop with each once its "
+                                  "confidence interval clears its neighbours' (--num-prompts is then the most)")
+    sensitivity.add_argument("--race-round", type=int, default=8, help="prompts per round of a race (default 8)")
     sensitivity.set_defaults(run=_sensitivity)
 
 
@@ -168,19 +175,28 @@ def _plan_parser(commands) -> None:
     what = plan.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", choices=("bk-base", "bk-small", "bk-tiny"),
                       help="BK-SDM's plans, defined by topology")
-    what.add_argument("--budget", type=float, metavar="F",
-                      help="the student keeps at most F (0 < F <= 1) of the teacher's --metric")
+    what.add_argument("--budget", metavar="BOUNDS",
+                      help="the student keeps at most these fractions of the teacher's costs, each bound met: "
+                           "params=0.6,macs=0.65 or latency=0.7 (timed on --device); a bare F bounds --metric")
     plan.add_argument("--metric", choices=("params", "macs", "latency"), default="params",
-                      help="what the budget caps (default params; latency is timed on --device)")
+                      help="what a bare-number --budget bounds (default params)")
     plan.add_argument("--sensitivity", metavar="RUN", help="a sensitivity run directory (runs/NAME): the additive "
                                                            "objective reads it; the study and caches go there")
-    plan.add_argument("--objective", choices=("additive", "measured"), default="additive",
-                      help="additive: the sum of the units' sensitivities (default); measured: remove each "
-                           "candidate whole, generate a small prompt set and score it as the sensitivity run does")
+    plan.add_argument("--objective", choices=("additive", "measured", "recoverable"), default="additive",
+                      help="additive (default): the sum of the units' sensitivities, instant once a sweep exists; "
+                           "right when removals barely interact. measured: remove each candidate whole and score "
+                           "a few prompts as the sweep does; right when they interact, at a generation per "
+                           "candidate. recoverable: distil each candidate briefly and score what it recovers, "
+                           "weak ones stopped early by successive halving (with --method optuna); right when the "
+                           "student will be retrained, at a few short distillations")
     plan.add_argument("--measure-prompts", type=int, default=8, metavar="N",
                       help="measured: prompts each candidate is scored on (default 8, the run's prompt set)")
     plan.add_argument("--measure-steps", type=int, metavar="S",
                       help="measured: sampling steps (default: the sensitivity run's, else 25)")
+    plan.add_argument("--kd-steps", type=int, default=50, metavar="N",
+                      help="recoverable: KD steps of the first rung (then 3N and 9N for the candidates that go on)")
+    plan.add_argument("--pool", type=int, default=9,
+                      help="recoverable: candidates (the best by the additive objective, then random ones)")
     plan.add_argument("--method", choices=("greedy", "optuna"), default="greedy", help="default greedy")
     plan.add_argument("--kind", choices=("diffusers", "free"), default="diffusers",
                       help="the kind of plan: diffusers (default), whose student is a plain diffusers U-Net; free, "
@@ -224,6 +240,9 @@ def _distill_parser(commands) -> None:
         distill.add_argument(f"--lambda-{name}", type=float, default=1.0, help=f"weight of {what} (default 1)")
     distill.add_argument("--feat-norm", choices=("none", "teacher"), default="none",
                          help="divide each feature term by the teacher feature's mean square (teacher)")
+    distill.add_argument("--caption-dropout", type=float, default=0.0,
+                         help="share of examples trained on the empty caption, so that the unconditional branch "
+                              "guidance needs is distilled too (default 0, BK-SDM's)")
     distill.add_argument("--ema", action="store_true", help="keep an EMA of the student's weights (student_ema/)")
     distill.add_argument("--ema-decay", type=float, default=0.9999,
                          help="the EMA's largest decay, reached through a warm-up (default 0.9999)")
@@ -301,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "Rerunning resumes.")
     demo.add_argument("--out", default="runs/demo", help="the run directory (default runs/demo)")
     demo.add_argument("--num-prompts", type=int, default=16, help="prompts of the sensitivity sweep (default 16)")
-    demo.add_argument("--distill-steps", type=int, default=200, help="distillation steps (default 200)")
+    demo.add_argument("--distill-steps", type=int, default=600, help="distillation steps (default 600)")
     demo.set_defaults(run=_demo)
     return parser
 

@@ -1,17 +1,20 @@
 """`prunekit demo`: the whole loop on the bundled tiny-sd, offline, in one run directory.
 
-inspect -> sensitivity (pair granularity, a few prompts) -> plan (budget 0.5) -> distill (short) with its
-evaluation -> report. Every stage is the same API call the CLI makes, so a demo run directory is an
+inspect -> sensitivity (pair granularity, a few prompts) -> plan (for speed: at most 60% of the parameters and
+of the MACs) -> distill (prunekit.distill.RECOVERY, the recipe that recovers the teacher) with its evaluation ->
+report. Every stage is the same API call the CLI makes, so a demo run directory is an
 ordinary run directory: rerunning the demo resumes each stage (finished sensitivity units and distillation
 checkpoints are kept).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from prunekit.options import check_count, check_number, check_output_dir
+from prunekit.distill import RECOVERY
+from prunekit.options import check_count, check_output_dir
+from prunekit.planner.budget import Budget
 
 MODEL = "tiny-sd"
 
@@ -23,19 +26,16 @@ class DemoSettings:
 
     num_prompts: int = 16
     steps: int = 25
-    budget: float = 0.5
-    distill_steps: int = 200
-    distill_batch_size: int = 32
-    distill_lr: float = 1e-4
+    budget: str = "params=0.6,macs=0.6"  # for speed: MACs bounded as well as parameters
+    distill_steps: int = RECOVERY.steps
     eval_num_prompts: int = 32
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("num_prompts", "steps", "distill_steps", "distill_batch_size", "eval_num_prompts"):
+        for name in ("num_prompts", "steps", "distill_steps", "eval_num_prompts"):
             check_count(name, getattr(self, name))
         check_count("seed", self.seed, minimum=0)
-        check_number("budget", self.budget, above=0)
-        check_number("distill_lr", self.distill_lr, above=0)
+        Budget.parse(self.budget)
 
 
 def _stage(number: int, title: str) -> float:
@@ -71,18 +71,20 @@ def demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(),
     print(f"   most harmful to remove:  {', '.join(ranked['unit'].tail(4)[::-1])}")
     _done(started)
 
-    started = _stage(3, f"plan: the least-loss student within {settings.budget:.0%} of the parameters")
+    started = _stage(3, f"plan: the least-loss student within {settings.budget} of the teacher's costs")
     student_plan = plan(MODEL, budget=settings.budget, sensitivity=str(out), method="greedy", seed=settings.seed,
                         force=True, progress=progress)  # a rerun makes the same plan again
     print(summary(student_plan))
     _done(started)
 
-    started = _stage(4, f"distill: retrain the student for {settings.distill_steps} steps (task + output KD + feature KD)")
+    started = _stage(4, f"distill: retrain the student for {settings.distill_steps} steps (task + output KD + "
+                        "feature KD, the recovery recipe)")
     run = RunDir(out)
-    result = distill(run.plan_path, out=run.distill, steps=settings.distill_steps,
-                     batch_size=settings.distill_batch_size, lr=settings.distill_lr, seed=settings.seed,
-                     checkpoint_every=max(1, settings.distill_steps // 4), resume=bool(checkpoints.complete(run.distill / "checkpoints")),
+    recipe = replace(RECOVERY, steps=settings.distill_steps, warmup=min(RECOVERY.warmup, settings.distill_steps // 4),
+                     seed=settings.seed, checkpoint_every=max(1, settings.distill_steps // 4),
+                     resume=bool(checkpoints.complete(run.distill / "checkpoints")),
                      eval_num_prompts=settings.eval_num_prompts, eval_steps=settings.steps, progress=progress)
+    result = distill(run.plan_path, out=run.distill, options=recipe)
     for name, scores in (result.get("eval") or {}).items():
         if name != "settings":
             print(f"   {name:>15}: " + ", ".join(f"{key} {value:.3f}" for key, value in headline(scores).items()))

@@ -111,6 +111,27 @@ def clip_score_metric(clip: str | Path, device: str | torch.device = "cpu") -> C
     return CLIPScore(model_name_or_path=lambda: (_ClipFeatures(model), processor), sync_on_compute=False).to(device)
 
 
+@torch.no_grad()
+def clip_scores(images: Sequence[Image.Image], captions: Sequence[str], clip: CLIPScore,
+                batch_size: int = 64) -> torch.Tensor:
+    """The CLIP score of each image against its caption (100 x cosine, not floored), as CLIPScore computes it.
+
+    torchmetrics sums these per-image scores inside `update` and keeps only the sum; its own update function
+    gives them one by one (their mean, floored at 0, is `clip_score`).
+    """
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update
+
+    scores = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`max_length` is ignored when `padding`=`True`")
+        for start in range(0, len(images), batch_size):
+            batch = _uint8(images[start:start + batch_size]).to(clip.device)
+            score, _ = _clip_score_update(list(batch), list(captions[start:start + batch_size]), clip.model,
+                                          clip.processor)
+            scores.append(score.float().cpu())
+    return torch.cat(scores)
+
+
 def _uint8(images: Sequence[Image.Image]) -> torch.Tensor:
     """PIL images as one Nx3xHxW uint8 tensor."""
     return torch.from_numpy(np.stack([np.asarray(image.convert("RGB")) for image in images])).permute(0, 3, 1, 2)

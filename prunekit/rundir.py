@@ -39,6 +39,7 @@ REPORT = "report.html"
 LOCK = ".lock"
 THUMBNAIL = 128  # pixels, the longer side of a saved image at most
 UNIT_COLUMNS = ["unit", "kind", "stage", "params", "macs", "full_macs", "seconds"]  # the table's first columns
+INTERVAL_COLUMNS = ["sensitivity_low", "sensitivity_high", "prompts"]  # its last: the interval, prompts measured
 NOT_COMPARED = ("units", "granularity", "batch_size")  # arguments that pick rows or batching, not the numbers
 
 
@@ -154,7 +155,8 @@ class Table:
         with self.path.open(newline="", encoding="utf-8") as file:
             reader = csv.DictReader(file)
             if reader.fieldnames != self.columns:
-                raise PrunekitError(f"{self.path} has other columns than this run writes: pass another --out directory.")
+                raise PrunekitError(f"{self.path} has other columns than this run writes: pass another --out "
+                                    "directory.")
             return list(reader)
 
     def units(self) -> set[str]:
@@ -285,6 +287,19 @@ class RunDir:
             if math.isfinite(value):
                 table[row["unit"]] = value
         return table
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """Each measured unit's sensitivity interval (units whose row has none are left out)."""
+        _, rows = read_csv(self.table_path, ("unit",))
+        found = {}
+        for row in rows or []:
+            try:
+                low, high = float(row.get("sensitivity_low") or "nan"), float(row.get("sensitivity_high") or "nan")
+            except ValueError:
+                continue
+            if math.isfinite(low) and math.isfinite(high):
+                found[row["unit"]] = (low, high)
+        return found
 
     # -- images ---------------------------------------------------------------------------------------------
     def save_prompts(self, prompts: list[str]) -> None:

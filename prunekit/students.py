@@ -25,7 +25,8 @@ from prunekit.errors import PrunekitError
 # diffusers' pipeline loader finds a component's loading method by looking its base classes up by name in the
 # component's module (model_index.json names ["prunekit.students", "FreeUNet2DConditionModel"]): ModelMixin must
 # be found here.
-__all__ = ["FreeUNet2DConditionModel", "ModelMixin", "free_unet", "load_student", "swap_in", "write_manifest"]
+__all__ = ["FreeUNet2DConditionModel", "ModelMixin", "free_unet", "load_student", "load_student_unet", "swap_in",
+           "write_manifest"]
 
 REMOVED_KEY = "_prunekit_removed"
 VARIANT = "prunekit-free"
@@ -77,22 +78,42 @@ def write_manifest(directory: Path, plan, params: int) -> Path:
     return path
 
 
+def _manifest(directory: Path) -> dict:
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        int(manifest["params"])
+        return manifest
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise PrunekitError(f"{path} is missing or garbled: {directory} is not a student saved by "
+                            "`prunekit distill`.") from None
+
+
+def _checked(directory: Path, unet, manifest: dict):
+    params = sum(p.numel() for p in unet.parameters())
+    if params != int(manifest["params"]):
+        raise PrunekitError(f"{directory}'s U-Net has {params:,} parameters but its manifest says "
+                            f"{int(manifest['params']):,}: the student was changed after it was saved.")
+
+
 def load_student(directory: str | Path, **kwargs):
     """The student pipeline saved in `directory` by `prunekit distill` (plan kind diffusers or free), checked
     against its manifest; `kwargs` go to DiffusionPipeline.from_pretrained."""
     from diffusers import DiffusionPipeline
 
     directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        expected = int(manifest["params"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        raise PrunekitError(f"{manifest_path} is missing or garbled: {directory} is not a student saved by "
-                            "`prunekit distill`.") from None
+    manifest = _manifest(directory)
     pipe = DiffusionPipeline.from_pretrained(directory, local_files_only=True, **kwargs)
-    params = sum(p.numel() for p in pipe.unet.parameters())
-    if params != expected:
-        raise PrunekitError(f"{directory}'s U-Net has {params:,} parameters but its manifest says {expected:,}: the "
-                            "student was changed after it was saved.")
+    _checked(directory, pipe.unet, manifest)
     return pipe
+
+
+def load_student_unet(directory: str | Path):
+    """A student U-Net folder saved by `prunekit distill` (student_ema/), of either plan kind, checked against its
+    manifest."""
+    directory = Path(directory)
+    manifest = _manifest(directory)
+    kind = FreeUNet2DConditionModel if manifest["kind"] == "free" else UNet2DConditionModel
+    unet = kind.from_pretrained(directory, local_files_only=True)
+    _checked(directory, unet, manifest)
+    return unet

@@ -38,6 +38,8 @@ class Judge(Protocol):
 
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict[str, float]: ...
 
+    def verdicts(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict[str, list[bool]]: ...
+
 
 @dataclass(frozen=True)
 class World:

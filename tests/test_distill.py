@@ -449,7 +449,7 @@ def test_every_kind_distils_into_a_student_that_reloads_with_the_plans_parameter
     from diffusers import DiffusionPipeline
 
     from prunekit.plan import make_plan, preset_remove
-    from prunekit.students import load_student
+    from prunekit.students import load_student, load_student_unet
 
     config = dict(teacher.unet.config)
     made = make_plan("stand-in", config, remove or preset_remove("bk-small", config), "test", kind=kind)
@@ -473,7 +473,30 @@ def test_every_kind_distils_into_a_student_that_reloads_with_the_plans_parameter
     if kind == "free":  # plain diffusers finds no weights to fill the removed modules with, and says so
         with pytest.raises(OSError):
             UNet2DConditionModel.from_pretrained(out / "student" / "unet")
-        ema = type(reloaded.unet).from_pretrained(out / "student_ema")
-        assert sum(p.numel() for p in ema.parameters()) == made.predicted["params"]
     else:
         assert type(reloaded.unet) is UNet2DConditionModel
+    ema = load_student_unet(out / "student_ema")
+    assert type(ema) is type(reloaded.unet) and sum(p.numel() for p in ema.parameters()) == made.predicted["params"]
+
+
+# -- the recoverable objective ----------------------------------------------------------------------------
+
+def test_the_recoverable_objective_plans_by_what_short_distillations_recover(tmp_path, teacher, teacher_dir):
+    from prunekit.planner import plan
+    from prunekit.planner.recoverable import RecoverOptions
+    from test_planner import random_table, write_run
+
+    config = dict(teacher.unet.config)
+    run = write_run(tmp_path / "run", config, random_table(config, seed=1))
+    recover = RecoverOptions(first_rung=1, rungs=2, pool=4, batch_size=2, num_examples=8, num_prompts=2, steps=2)
+    made = plan(str(teacher_dir), budget="params=0.8", sensitivity=run, objective="recoverable", method="optuna",
+                recover=recover, out=tmp_path / "plan.json", progress=False)
+    info = made.provenance["planner"]
+    assert made.predicted["params_fraction"] <= 0.8 and info["objective"] == "recoverable"
+    assert info["space_size"] == 4 and info["rungs"] == [1, 3] and info["calibration"] == "shapes-train"
+    assert 4 <= info["kd_steps"] <= 4 * 3  # every candidate's first rung at least, never more than all of them
+    candidates = sorted(p.name for p in (run / "recoverable").iterdir() if p.name != "cache")
+    assert len(candidates) == 4 and (run / "recoverable" / "cache" / "cache.json").is_file()
+    again = plan(str(teacher_dir), budget="params=0.8", sensitivity=run, objective="recoverable", method="optuna",
+                 recover=recover, out=tmp_path / "plan.json", force=True, progress=False)
+    assert again.remove == made.remove  # resumed from the study and the cache: nothing trained again

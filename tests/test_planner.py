@@ -19,6 +19,7 @@ from prunekit.graph import all_units
 from prunekit.models import build_unet_meta, canonical_config, fingerprint, unet_config
 from prunekit.plan import Plan, preset_remove
 from prunekit.planner import latency, plan, summary
+from prunekit.planner.budget import Budget
 from prunekit.planner.objective import Additive
 from prunekit.planner.search import best_trial, search
 from prunekit.planner.space import DiffusersSpace, Layout, StageChoice
@@ -139,7 +140,7 @@ def test_bk_sdm_plans_are_found_when_the_sensitivities_point_there(sd, sd_runs, 
                 out=tmp_path / "plan.json", progress=False)
     assert made.remove == preset_remove(preset, sd)
     assert made.method == method and made.kind == "diffusers"
-    assert made.budget == {"metric": "params", "fraction": BUDGETS[preset]}
+    assert made.budget == {"params": BUDGETS[preset]}
     assert made.predicted["params_fraction"] <= BUDGETS[preset]
     assert made.predicted["loss"] == pytest.approx(made.provenance["planner"]["presets"][preset]["loss"])
     assert Plan.load(tmp_path / "plan.json", sd).remove == made.remove
@@ -149,15 +150,16 @@ def test_bk_sdm_plans_are_found_when_the_sensitivities_point_there(sd, sd_runs, 
 def test_tpe_alone_finds_them_too(sd, sd_space, preset):
     """The API enumerates a space no larger than --trials; TPE (seed 0, 200 trials) finds the plans as well."""
     objective = Additive(pointing_at(preset, sd), sd_space.units)
-    study = search(sd_space.undominated("params", objective.unit), lambda s: sd_space.fraction(s, "params"),
-                   lambda s: objective(sd_space.remove(s)), BUDGETS[preset], trials=200, seed=0, exhaustive=False)
+    budget = Budget.parse(BUDGETS[preset])
+    study = search(sd_space.undominated(["params"], objective.unit), lambda s: {"params": sd_space.fraction(s, "params")},
+                   lambda s: objective(sd_space.remove(s)), budget, trials=200, seed=0, exhaustive=False)
     assert type(study.sampler).__name__ == "TPESampler"
-    assert best_trial(study, BUDGETS[preset]).user_attrs["plan"]["remove"] == preset_remove(preset, sd)
+    assert best_trial(study, budget).user_attrs["plan"]["remove"] == preset_remove(preset, sd)
 
 
 def test_pruning_dominated_choices_keeps_the_best_plan(tiny_space):
     objective = Additive(random_table(TINY), tiny_space.units)
-    pruned = tiny_space.undominated("params", objective.unit)
+    pruned = tiny_space.undominated(["params"], objective.unit)
     assert pruned.size() < tiny_space.size()
     for budget in (0.4, 0.6, 0.8):
         best = [min(objective(space.remove(s)) for s in states(space) if space.fraction(s, "params") <= budget)
@@ -184,8 +186,9 @@ def test_optuna_is_deterministic_and_resumes_an_interrupted_study(tiny_space, tm
     objective = Additive(random_table(TINY), tiny_space.units)
 
     def run(trials, storage=None):
-        return search(tiny_space, lambda s: tiny_space.fraction(s, "params"), lambda s: objective(tiny_space.remove(s)),
-                      0.6, trials=trials, storage=storage, study_name="resume", seed=7, exhaustive=False)
+        return search(tiny_space, lambda s: {"params": tiny_space.fraction(s, "params")},
+                      lambda s: objective(tiny_space.remove(s)), Budget.parse(0.6), trials=trials, storage=storage,
+                      study_name="resume", seed=7, exhaustive=False)
 
     def sampled(study):
         return [t.params for t in study.trials]
@@ -332,3 +335,129 @@ def test_cli_plans_under_a_budget_and_prints_the_presets_beside(tmp_path, capsys
     assert "removes 9 units" in summary(Plan.load(run / "plan.json"))
     assert main(["plan", "--model", model, "--budget", "1.5", "--sensitivity", str(run)]) == 2
     assert "outside (0, 1]" in capsys.readouterr().err
+
+
+# -- budgets on several costs -------------------------------------------------------------------------------
+
+def test_budgets_parse_one_cost_or_several():
+    assert Budget.parse(0.5).to_json() == {"params": 0.5}
+    assert Budget.parse("0.5", "macs").to_json() == {"macs": 0.5}
+    assert Budget.parse("params=0.6,macs=0.65").to_json() == {"params": 0.6, "macs": 0.65}
+    assert str(Budget.parse({"latency": 0.7})) == "latency=0.7"
+    budget = Budget.parse("params=0.6,macs=0.65")
+    assert budget.fits({"params": 0.6, "macs": 0.5}) and not budget.fits({"params": 0.5, "macs": 0.7})
+    assert budget.excess({"params": 0.6, "macs": 0.5}) == 0 and budget.excess({"params": 0.9, "macs": 0.65}) > 0
+    for bad, message in (("flops=0.5", "unknown cost 'flops'"), ("params=x", "not a number"),
+                         ("params=1.5", r"outside \(0, 1\]"), ("params=0.5,params=0.6", "twice"), (float("nan"), "outside"),
+                         (0, "outside"), ("", "not a number"), (",", "bounds nothing")):
+        with pytest.raises(PrunekitError, match=message):
+            Budget.parse(bad)
+
+
+def test_a_plan_meets_every_bound_and_is_warned_of_when_its_costs_part(tmp_path):
+    run = write_run(tmp_path / "run", TINY, random_table(TINY, seed=5))
+    model = str(write_config(tmp_path))
+    by_params = plan(model, budget=0.5, sensitivity=run, out=tmp_path / "p.json", progress=False)
+    both = plan(model, budget="params=0.5,macs=0.6", sensitivity=run, out=tmp_path / "b.json", progress=False)
+    assert by_params.predicted["params_fraction"] <= 0.5
+    assert both.predicted["params_fraction"] <= 0.5 and both.predicted["macs_fraction"] <= 0.6
+    assert both.budget == {"params": 0.5, "macs": 0.6} and "within budget" in summary(both)
+    for made in (by_params, both):
+        apart = made.predicted["macs_fraction"] - made.predicted["params_fraction"] > 0.2
+        assert ("warning" in made.provenance["planner"]) == apart
+        assert ("warning: this plan keeps" in summary(made)) == apart
+    optuna = plan(model, budget="params=0.5,macs=0.6", sensitivity=run, method="optuna", trials=40,
+                  out=tmp_path / "o.json", progress=False)
+    assert optuna.predicted["params_fraction"] <= 0.5 and optuna.predicted["macs_fraction"] <= 0.6
+    with pytest.raises(PrunekitError, match="no diffusers plan keeps macs within 0.01"):
+        plan(model, budget="params=0.9,macs=0.01", sensitivity=run, out=tmp_path / "x.json", progress=False)
+
+
+def test_cli_takes_bounds_on_several_costs(tmp_path, capsys):
+    run = write_run(tmp_path / "run", TINY, pointing_at("bk-small", TINY))
+    model = str(write_config(tmp_path))
+    assert main(["plan", "--model", model, "--budget", "params=0.6,macs=0.7", "--sensitivity", str(run)]) == 0
+    assert "budget params=0.6,macs=0.7" in capsys.readouterr().out
+    assert main(["plan", "--model", model, "--budget", "params=0.6,flops=1", "--sensitivity", str(run),
+                 "--force"]) == 2
+    assert "unknown cost 'flops'" in capsys.readouterr().err
+
+
+def test_greedy_treats_steps_it_cannot_tell_apart_as_ties_and_saves_more():
+    from prunekit.planner.greedy import greedy
+
+    class TwoUnits:  # removing a saves 0.1 of the cost at 0.09 loss, b saves 0.3 at 0.30
+        def full(self):
+            return frozenset()
+
+        def removals(self, state):
+            return [state | {name} for name in ("a", "b") if name not in state]
+
+        def restorations(self, state):
+            return [state - {name} for name in state]
+
+        def remove(self, state):
+            return sorted(state)
+
+    saves, losses = {"a": 0.1, "b": 0.3}, {"a": 0.09, "b": 0.30}
+    cost = lambda state: 1 - sum(saves[n] for n in state) - 0.9  # noqa: E731 - excess over a budget of 0.9
+    loss = lambda state: sum(losses[n] for n in state)  # noqa: E731
+    assert greedy(TwoUnits(), cost, loss, 0.0) == {"a"}  # the lower loss per cost saved
+    widths = {"a": 0.02, "b": 0.01}  # rates 0.9 +- 0.2 and 1.0 +- 0.03: they overlap
+    assert greedy(TwoUnits(), cost, loss, 0.0, lambda state: sum(widths[n] for n in state)) == {"b"}
+    narrow = {"a": 0.001, "b": 0.001}
+    assert greedy(TwoUnits(), cost, loss, 0.0, lambda state: sum(narrow[n] for n in state)) == {"a"}
+
+
+# -- the recoverable objective's search -------------------------------------------------------------------
+
+def _halving(candidates, loss, storage, name="halving"):
+    from prunekit.planner.search import successive_halving
+
+    return successive_halving(candidates, loss, storage=storage, study_name=name, first_rung=10, reduction=3)
+
+
+def test_successive_halving_stops_weak_candidates_early(tmp_path):
+    finals = [0.5, 0.4, 0.9, 0.3, 0.95, 0.8, 0.2]  # each candidate's loss, the same at every rung
+    candidates = [{"remove": [f"u{i}"], "costs": {"params": 0.5}} for i in range(len(finals))]
+    spent = []
+
+    def loss(remove, trial):
+        import optuna
+
+        value = finals[int(remove[0][1:])]
+        for steps in (10, 30, 90):
+            spent.append((remove[0], steps))
+            trial.report(value, steps)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return value
+
+    study = _halving(candidates, loss, f"sqlite:///{tmp_path / 's.db'}")
+    states = {t.params["candidate"]: t.state.name for t in study.trials}
+    assert states[2] == states[4] == states[5] == "PRUNED"  # worse than the best third at their first rung
+    assert states[6] == states[3] == "COMPLETE"  # each the best so far: promoted to the last rung
+    assert max(steps for name, steps in spent if name == "u4") == 10
+    best = min((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert best.user_attrs["plan"]["remove"] == ["u6"]
+
+
+def test_an_interrupted_recoverable_search_resumes_where_it_stopped(tmp_path):
+    candidates = [{"remove": [f"u{i}"], "costs": {"params": 0.5}} for i in range(5)]
+    calls = []
+
+    def loss(remove, trial, stop_at=None):
+        calls.append(remove[0])
+        if remove[0] == stop_at:
+            raise KeyboardInterrupt
+        trial.report(0.1 * len(calls), 10)
+        return 0.1 * int(remove[0][1:])
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        _halving(candidates, lambda r, t: loss(r, t, stop_at="u2"), storage)
+    assert calls == ["u0", "u1", "u2"]
+    study = _halving(candidates, loss, storage)
+    assert sorted(calls[3:]) == ["u2", "u3", "u4"]  # the finished two are not run again
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert sorted(t.params["candidate"] for t in finished) == [0, 1, 2, 3, 4]

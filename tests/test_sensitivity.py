@@ -27,6 +27,7 @@ from prunekit.rundir import RunDir
 from test_ablation import SD1
 
 ROOT = Path(__file__).resolve().parents[1]
+INTERVAL_COLUMNS = ["sensitivity_low", "sensitivity_high", "prompts"]
 UNIT_COLUMNS = ["unit", "kind", "stage", "params", "macs", "full_macs", "seconds"]
 ATTRIBUTES = [f"{prefix}attr_{key}" for key in ("color", "shape", "position", "size", "all")
               for prefix in ("", "delta_")]
@@ -65,7 +66,7 @@ def test_full_sweep_writes_the_run_directory(full_run, pipe_dir):
     units = enumerate_units(unet_config(pipe_dir), "pair")
     columns = UNIT_COLUMNS + ["clip_score", "delta_clip_score", "latent_mse", "psnr", "ssim"] + ATTRIBUTES
     rows = _rows(out / "sensitivity.csv")
-    assert list(rows[0]) == columns + ["sensitivity"]
+    assert list(rows[0]) == columns + ["sensitivity"] + INTERVAL_COLUMNS
     assert [row["unit"] for row in rows] == [unit.name for unit in units] == list(table["unit"])
     for row, unit in zip(rows, units):
         assert (row["kind"], row["stage"], int(row["params"]), int(row["macs"])) == (unit.kind, unit.stage,
@@ -77,7 +78,11 @@ def test_full_sweep_writes_the_run_directory(full_run, pipe_dir):
     assert info["command"] == "sensitivity" and info["init"] == "pretrained"
     assert info["args"]["metrics"] == ["clip", "teacher", "attributes"] and info["args"]["num_prompts"] == 3
     assert info["model"]["unet_fingerprint"].startswith("sha256:")
-    assert set(info["baseline"]) == {"clip_score"} | {name for name in ATTRIBUTES if not name.startswith("delta")}
+    assert set(info["baseline"]) == {"clip_score", "clip_score_real"} | {name for name in ATTRIBUTES
+                                                                          if not name.startswith("delta")}
+    for row in rows:  # the interval brackets the mean of the per-prompt losses it is drawn from
+        assert float(row["sensitivity_low"]) <= float(row["sensitivity"]) <= float(row["sensitivity_high"])
+        assert int(row["prompts"]) == 3
     assert {"torch", "diffusers", "prunekit"} <= set(info["versions"])
     images = out / "images"
     assert len(json.loads((images / "prompts.json").read_text())) == 3
@@ -269,14 +274,15 @@ def test_proxy_scores_the_noise_prediction_error():
         for name in ("down0.pair0", "mid", "up3.pair2"):
             with ablate(unet, name) as (unit,):
                 ablated = unet(noisy, torch.tensor(proxy.timesteps), text).sample
-                assert proxy.eps_mse(unit) == pytest.approx(float(((ablated - intact) ** 2).mean()), rel=1e-6)
+                assert float(proxy.eps_mse(unit).mean()) == pytest.approx(float(((ablated - intact) ** 2).mean()),
+                                                                         rel=1e-6)
 
 
 @pytest.mark.parametrize("latents", ["rendered", "baseline"])
 def test_proxy_sweep(tmp_path, pipe_dir, latents):
     out = tmp_path / "proxy"
     table = sensitivity(pipe_dir, out=str(out), mode="proxy", proxy_latents=latents, timesteps=2, **FAST)
-    assert list(table.columns) == UNIT_COLUMNS + ["eps_mse", "sensitivity"]
+    assert list(table.columns) == UNIT_COLUMNS + ["eps_mse", "sensitivity"] + INTERVAL_COLUMNS
     assert (table["eps_mse"] > 0).all() and (table["sensitivity"] == table["eps_mse"]).all()
     info = json.loads((out / "run.json").read_text())
     assert info["baseline"] == {"timesteps": [250, 750]} and info["args"]["proxy_latents"] == latents
@@ -300,7 +306,7 @@ def test_random_init_runs_from_a_unet_config_and_says_so(tmp_path):
     out = tmp_path / "run"
     table = sensitivity(str(config_dir), out=str(out), init="random", prompts="shapes", num_prompts=1, steps=1,
                         units="mid,up1.pair1", progress=False)
-    assert list(table.columns) == UNIT_COLUMNS + ["latent_mse", "psnr", "ssim", "init", "sensitivity"]
+    assert list(table.columns) == UNIT_COLUMNS + ["latent_mse", "psnr", "ssim", "init", "sensitivity"] + INTERVAL_COLUMNS
     assert set(table["init"]) == {"random"}
     info = json.loads((out / "run.json").read_text())
     assert info["init"] == "random" and any("timing only" in note for note in info["notes"])

@@ -8,6 +8,6 @@
 - `trainer`: the accelerate training loop (with a hook for the task target);
 - `api`: `DistillOptions` and `distill(plan, data, out, ...)`, what `prunekit distill` runs.
 """
-from prunekit.distill.api import DistillOptions, distill
+from prunekit.distill.api import RECOVERY, DistillOptions, distill
 
-__all__ = ["DistillOptions", "distill"]
+__all__ = ["RECOVERY", "DistillOptions", "distill"]

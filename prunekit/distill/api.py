@@ -50,11 +50,13 @@ class DistillOptions:
     lambda_out: float = 1.0
     lambda_feat: float = 1.0
     feat_norm: str = "none"
+    caption_dropout: float = 0.0
     ema: bool = False
     ema_decay: float = 0.9999
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     cache_latents: bool = False
+    cache_dir: str | None = None  # where the latent cache lives (default OUT/cache): runs may share one
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     resume: bool = False
@@ -86,16 +88,28 @@ class DistillOptions:
             raise PrunekitError("the loss weights --lambda-task, --lambda-out and --lambda-feat are all 0: give at "
                                 "least one a weight.")
         check_choice("feat_norm", self.feat_norm, FEAT_NORMS)
+        check_number("caption_dropout", self.caption_dropout, minimum=0)
+        if self.caption_dropout >= 1:
+            raise PrunekitError(f"--caption-dropout must be below 1, not {self.caption_dropout:g}.")
         check_choice("mixed_precision", self.mixed_precision, tuple(DTYPES))
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, grad_accum=self.grad_accum, lr=self.lr,
                            lr_schedule=self.lr_schedule, warmup=self.warmup, schedule_steps=self.schedule_steps,
                            weights=Weights(self.lambda_task, self.lambda_out, self.lambda_feat),
-                           feat_norm=self.feat_norm, ema=self.ema, ema_decay=self.ema_decay,
+                           feat_norm=self.feat_norm, caption_dropout=self.caption_dropout, ema=self.ema,
+                           ema_decay=self.ema_decay,
                            gradient_checkpointing=self.gradient_checkpointing, checkpoint_every=self.checkpoint_every,
                            keep_checkpoints=self.keep_checkpoints, seed=self.seed, num_workers=self.num_workers,
                            progress=self.progress)
+
+
+# The recipe that recovers tiny-sd's bk-small student (reports/recovery): BK-SDM's three losses with feature KD
+# normalised by the teacher (LAPTOP-Diff), a warmed-up cosine learning rate ten times BK-SDM's, the EMA, and
+# 10% empty captions so that the unconditional branch guidance needs is distilled too. The CLI's defaults stay
+# BK-SDM's own.
+RECOVERY = DistillOptions(steps=600, batch_size=32, lr=5e-4, lr_schedule="cosine", warmup=50, ema=True,
+                          ema_decay=0.999, caption_dropout=0.1, feat_norm="teacher", cache_latents=True)
 
 
 def _teacher(plan_path, teacher: str | Model | None) -> tuple[Plan, Model]:
@@ -213,11 +227,14 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
             warm-up steps, over `schedule_steps` (default `steps`; a longer one stops a run part-way through it);
             lambda_task, lambda_out, lambda_feat, feat_norm: loss weights and feature normalisation
             (prunekit.distill.losses); lambda_out = lambda_feat = 0 is plain fine-tuning, without the teacher;
+            caption_dropout: the share of examples trained on the empty caption, so that the unconditional
+            prediction classifier-free guidance needs is distilled too;
             ema, ema_decay: keep an exponential moving average of the student's weights (saved to out/student_ema),
             its decay warming up as 1 - (1 + step) ** (-2/3) to at most `ema_decay`;
             mixed_precision: 'no', 'fp16' or 'bf16' (the frozen models run in that dtype; the student trains in
             float32 master weights under autocast); gradient_checkpointing: recompute activations in backward;
-            cache_latents: encode images and captions once into out/cache and train from there;
+            cache_latents, cache_dir: encode images and captions once into `cache_dir` (default out/cache; a
+            cache made from other data, teacher or precision is rebuilt) and train from there;
             checkpoint_every, keep_checkpoints, resume: checkpoint interval, how many of the newest are kept;
             continue from the newest;
             seed: seeds data order, flips, noise and timesteps (and a world's generator);
@@ -269,19 +286,19 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
 
     dtype = DTYPES[options.mixed_precision]
     encoder = Encoder(pipe, accelerator.device, dtype)
-    tuned = model.card.tuned
-    hook = (tuned, encoder.text([""]).float()) if tuned else None  # a tuned student keeps its teacher's target
+    empty = encoder.text([""]).float()  # the unconditional branch's caption, before a cache takes the encoder
     if options.cache_latents:
+        cache = Path(options.cache_dir) if options.cache_dir else out / "cache"
         if main:
-            build_cache(out / "cache", dataset, encoder, cache_key(dataset, model.name, dtype),
-                        progress=options.progress)
+            build_cache(cache, dataset, encoder, cache_key(dataset, model.name, dtype), progress=options.progress)
         accelerator.wait_for_everyone()
-        dataset, encoder = CachedDataset(out / "cache", options.seed), None
+        dataset, encoder = CachedDataset(cache, options.seed), None
         pipe.vae.to("cpu")  # not needed while training from the cache
         pipe.text_encoder.to("cpu")
 
     distiller = Distiller(accelerator, student, pipe.unet, pipe.scheduler, encoder, dataset, pairs,
-                          pipe.vae.config.scaling_factor, config, out, hook)
+                          pipe.vae.config.scaling_factor, config, out, empty,
+                          model.card.tuned)  # a tuned student keeps its teacher's target
     state = distiller.run(options.resume)
     summary = {"out": str(out), "student": str(out / "student"), "student_ema": None, "steps": state.step,
                "seconds": state.seconds, "pairs": pairs, "data": source.description,

@@ -60,6 +60,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     weights: Weights = field(default_factory=Weights)
     feat_norm: str = "none"
+    caption_dropout: float = 0.0  # share of examples trained on the empty caption
     ema: bool = False
     ema_decay: float = 0.9999  # the EMA's largest decay, reached by diffusers' warm-up 1 - (1 + step) ** (-2/3)
     gradient_checkpointing: bool = False
@@ -75,7 +76,8 @@ class TrainConfig:
                 "lr_schedule": self.lr_schedule, "warmup": self.warmup, "schedule_steps": self.schedule_length,
                 "weight_decay": self.weight_decay, "max_grad_norm": self.max_grad_norm,
                 "lambda_task": self.weights.task, "lambda_out": self.weights.out, "lambda_feat": self.weights.feat,
-                "feat_norm": self.feat_norm, "ema": self.ema, "ema_decay": self.ema_decay if self.ema else None,
+                "feat_norm": self.feat_norm, "caption_dropout": self.caption_dropout, "ema": self.ema,
+                "ema_decay": self.ema_decay if self.ema else None,
                 "seed": self.seed, "mixed_precision": accelerator.mixed_precision,
                 "num_processes": accelerator.num_processes}
 
@@ -105,20 +107,23 @@ class Distiller:
         dataset: examples of {"pixel_values", "text"} or of {"moments", "text_embeds"}.
         pairs: (student path, teacher path) of every feature to match (prunekit.distill.features).
         scaling_factor: the VAE's latent scaling factor.
-        target_hook: a hook that changes the task loss's target, with the empty caption's text embedding
-            (1 x L x D): `hook.target(target, unguided)` gets the student's own empty-caption prediction for the
-            same noisy input. A guidance-tuned teacher's card gives one (prunekit.guidance_tuning.TunedGuidance),
-            so its students keep sampling at the teacher's scale as it does.
+        empty: the empty caption's text embedding (1 x L x D): a `caption_dropout` share of the examples train
+            on it (student and teacher alike), so that the unconditional prediction guidance needs is
+            distilled too.
+        target_hook: a hook that changes the task loss's target of captioned examples: `hook.target(target,
+            unguided)` gets the student's own empty-caption prediction for the same noisy input. A
+            guidance-tuned teacher's card gives one (prunekit.guidance_tuning.TunedGuidance), so its students
+            keep sampling at the teacher's scale as it does.
     """
 
     def __init__(self, accelerator: Accelerator, student: UNet2DConditionModel, teacher: UNet2DConditionModel,
                  scheduler, encoder, dataset, pairs: list[tuple[str, str]], scaling_factor: float,
-                 config: TrainConfig, out: Path, target_hook: tuple[TaskTarget, torch.Tensor] | None = None):
+                 config: TrainConfig, out: Path, empty: torch.Tensor, target_hook: TaskTarget | None = None):
         self.accelerator, self.config, self.out = accelerator, config, Path(out)
         self.device, self.dtype = accelerator.device, DTYPES[accelerator.mixed_precision]
         self.scheduler = DDPMScheduler.from_config(scheduler.config)
         self.encoder, self.pairs, self.scaling_factor = encoder, pairs, scaling_factor
-        self.target_hook = (target_hook[0], target_hook[1].to(self.device)) if target_hook else None
+        self.empty, self.target_hook = empty.to(self.device), target_hook
         self.teacher = teacher.to(self.device, self.dtype).eval().requires_grad_(False)
         if config.gradient_checkpointing:
             student.enable_gradient_checkpointing()
@@ -163,11 +168,17 @@ class Distiller:
                                   generator=self.generator, device=self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = task_target(self.scheduler, latents, noise, timesteps)
+        empty = self.empty.expand_as(context).to(context.dtype)
+        dropped = torch.zeros(len(latents), dtype=torch.bool, device=self.device)
+        if self.config.caption_dropout:  # the unconditional branch that guidance needs is distilled too
+            draws = torch.rand(len(latents), generator=self.generator, device=self.device)
+            dropped = draws < self.config.caption_dropout
+            context = torch.where(dropped[:, None, None], empty, context)
         if self.target_hook is not None:
-            hook, empty = self.target_hook
             with torch.no_grad():
-                unguided = self.student(noisy, timesteps, empty.expand(len(noisy), -1, -1)).sample
-            target = hook.target(target, unguided.float())
+                unguided = self.student(noisy, timesteps, empty.float()).sample
+            tuned = self.target_hook.target(target, unguided.float())
+            target = torch.where(dropped[:, None, None, None], target, tuned)  # empty captions keep the plain one
         weights = self.config.weights
         with self.student_taps.capture() as student_features:
             prediction = self.student(noisy, timesteps, context.float()).sample  # autocast, where on, casts down
@@ -242,7 +253,8 @@ class Distiller:
         noise = path / f"noise-{self.accelerator.process_index}.safetensors"
         self.generator.set_state(load_file(noise)["state"])
         if self.ema is not None:
-            self.ema = EMAModel.from_pretrained(path / "ema", model_cls=type(self.accelerator.unwrap_model(self.student)))
+            student = self.accelerator.unwrap_model(self.student)
+            self.ema = EMAModel.from_pretrained(path / "ema", model_cls=type(student))
             self.ema.to(self.device)
         return state
 

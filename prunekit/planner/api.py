@@ -1,8 +1,9 @@
 """`plan(...)`: a plan under a budget, made by greedy or Optuna over the plans of one kind (`prunekit plan --budget`).
 
-The budget caps the student's parameters, MACs or measured latency as a fraction of the teacher's U-Net;
-the loss is the additive sensitivity of a sensitivity run, or a measured one. The plan records its
-predicted cost and loss, how it was found, and the BK-SDM presets' cost and loss beside it (`summary`).
+The budget bounds the student's parameters, MACs and measured latency, each as a fraction of the teacher's
+U-Net (prunekit.planner.budget: every bound must hold); the loss is the additive sensitivity of a sensitivity
+run, or a measured one. The plan records its predicted costs and loss, how it was found, the BK-SDM presets'
+costs and loss beside it, and a warning when it keeps far more of one cost than of another (`summary`).
 """
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from pathlib import Path
 
 from prunekit.errors import PrunekitError
 from prunekit.models import Model, resolve_model
-from prunekit.options import check_choice, check_count, check_number, check_output_file, merged, resolve_device
+from prunekit.options import check_choice, check_count, check_output_file, merged, resolve_device
 from prunekit.plan import PRESETS, Plan, make_plan, preset_remove
+from prunekit.planner.budget import COSTS, Budget, imbalance
 from prunekit.planner.cache import Cache
 from prunekit.planner.objective import OBJECTIVES, Additive, Measured
+from prunekit.planner.recoverable import RecoverOptions, Recoverable
 from prunekit.planner.space import COST_METRICS, make_space
 from prunekit.rundir import RunDir
 from prunekit.surgery import KINDS
 
-METRICS = COST_METRICS + ("latency",)
 METHODS = ("greedy", "optuna")
 PARETO_COLUMNS = ("params_fraction", "macs_fraction", "loss", "remove", "is_preset")
 
@@ -30,8 +32,8 @@ PARETO_COLUMNS = ("params_fraction", "macs_fraction", "loss", "remove", "is_pres
 class PlanOptions:
     """What `plan` takes besides the model (see there); every value is checked here."""
 
-    budget: float = 0.5
-    metric: str = "params"
+    budget: Budget | float | str | dict = 0.5  # a Budget, a bound on `metric`, or "params=0.6,macs=0.65"
+    metric: str = "params"  # what a bare-number budget bounds
     sensitivity: str | None = None  # the sensitivity run directory (runs/NAME)
     objective: str = "additive"
     method: str = "greedy"
@@ -43,17 +45,19 @@ class PlanOptions:
     out: str | None = None
     device: str | None = None  # where --metric latency is timed
     force: bool = False  # replace an existing plan file
+    recover: RecoverOptions = RecoverOptions()  # the recoverable objective's short distillations
     progress: bool = True
 
     def __post_init__(self):
-        check_number("budget", self.budget)
-        if not 0 < self.budget <= 1:
-            raise PrunekitError(f"--budget {self.budget} is outside (0, 1]: give the fraction of the teacher's cost "
-                                "the student may keep, e.g. 0.5.")
-        for name, choices in (("metric", METRICS), ("objective", OBJECTIVES), ("method", METHODS), ("kind", KINDS)):
+        check_choice("metric", self.metric, COSTS)
+        object.__setattr__(self, "budget", Budget.parse(self.budget, self.metric))
+        for name, choices in (("objective", OBJECTIVES), ("method", METHODS), ("kind", KINDS)):
             check_choice(name, getattr(self, name), choices)
         if self.method != "optuna" and (self.pareto or self.storage):
             raise PrunekitError("--pareto and --storage belong to the Optuna search: add --method optuna.")
+        if self.objective == "recoverable" and (self.method != "optuna" or self.pareto or self.kind != "diffusers"):
+            raise PrunekitError("the recoverable objective is searched by Optuna's successive halving over diffusers "
+                                "plans: use --method optuna, without --pareto or --kind free.")
         check_count("trials", self.trials)
         check_count("seed", self.seed, minimum=0)
 
@@ -87,7 +91,8 @@ def _free_granularity(config: dict, loss_of: Additive) -> str:
 
 def _presets(config: dict, space, objective, meter) -> dict:
     """The BK-SDM presets that fit this U-Net: their cost fractions and loss (None where the objective
-    cannot score them). Their parameters and MACs add up exactly over their units."""
+    cannot score them). Their parameters and MACs add up exactly over their units (the presets keep the mid
+    block or drop it whole, so no correction applies)."""
     rows = {}
     for name in PRESETS:
         try:
@@ -97,8 +102,8 @@ def _presets(config: dict, space, objective, meter) -> dict:
         row = {f"{metric}_fraction": space.additive_fraction(remove, metric) for metric in COST_METRICS}
         if meter is not None:
             row["latency_fraction"] = meter.fraction(remove)
-        try:
-            row["loss"] = objective(remove)
+        try:  # the recoverable objective would distil each preset: its presets go unscored
+            row["loss"] = objective(remove) if not isinstance(objective, Recoverable) else None
         except PrunekitError:
             row["loss"] = None
         rows[name] = {**row, "remove": remove}
@@ -106,10 +111,12 @@ def _presets(config: dict, space, objective, meter) -> dict:
 
 
 def _study_name(options: PlanOptions, *keys) -> str:
-    """The study a command searches: the same settings resume the same study (a pareto study serves any budget)."""
+    """The study a command searches: the same settings resume the same study (a pareto study serves any budget
+    on the same costs)."""
     digest = hashlib.sha256("|".join(map(str, keys)).encode()).hexdigest()[:10]
-    goal = "pareto" if options.pareto else f"budget{options.budget:g}"
-    return f"plan-{options.kind}-{options.metric}-{options.objective}-{goal}-seed{options.seed}-{digest}"
+    budget = options.budget
+    goal = "pareto-" + "-".join(budget.metrics) if options.pareto else str(budget).replace(",", "-")
+    return f"plan-{options.kind}-{options.objective}-{goal}-seed{options.seed}-{digest}"
 
 
 def run_storage(run: RunDir):
@@ -163,29 +170,30 @@ def _objective(model: Model, options: PlanOptions, measure):
         loss_of = Measured(measure, Cache(run.cache_path if run is not None else None, "measured"))
         return loss_of, make_space(options.kind, config), [model.fingerprint, "measured", loss_of.identity]
     if run is None:
-        raise PrunekitError("the additive objective needs --sensitivity runs/NAME (a sensitivity run of this "
-                            "model): run the sensitivity sweep first, or plan with --objective measured.")
+        raise PrunekitError(f"the {options.objective} objective needs --sensitivity runs/NAME (a sensitivity run of "
+                            "this model): run the sensitivity sweep first, or plan with --objective measured.")
     table = run.sensitivities()
     run.check_model(model.fingerprint)
-    loss_of = Additive(table, all_units(config, costs=False), run.table_path)
+    loss_of = Additive(table, all_units(config, costs=False), run.table_path, run.intervals())
     granularity = _free_granularity(config, loss_of) if options.kind == "free" else "block"
     plan_space = make_space(options.kind, config, granularity)
     loss_of(plan_space.removable())  # every unit the space may remove has a sensitivity, or this says which not
     return loss_of, plan_space, [model.fingerprint, loss_of.digest]
 
 
-def _optuna(plan_space, loss_of, cost, loss, options: PlanOptions, name: str):
+def _optuna(plan_space, loss_of, costs, loss, options: PlanOptions, name: str):
     """Search with Optuna: the best trial within the budget, the study, and how it was searched."""
     from prunekit.planner.search import best_trial, search
 
-    exact = isinstance(loss_of, Additive) and options.metric in COST_METRICS and plan_space.kind == "diffusers"
-    searched = plan_space.undominated(options.metric, loss_of.unit) if exact else plan_space
+    metrics = options.budget.metrics
+    exact = isinstance(loss_of, Additive) and set(metrics) <= set(COST_METRICS) and plan_space.kind == "diffusers"
+    searched = plan_space.undominated(metrics, loss_of.unit) if exact else plan_space
     run = options.run
     if options.storage is not None:
         storage = open_storage(options.storage)
     else:
         storage = run_storage(run) if run is not None else None
-    study = search(searched, cost, loss, options.budget, trials=options.trials, storage=storage, study_name=name,
+    study = search(searched, costs, loss, options.budget, trials=options.trials, storage=storage, study_name=name,
                    seed=options.seed, pareto=options.pareto, cheap=loss_of.cheap, progress=options.progress)
     best = best_trial(study, options.budget)
     where = options.storage or (str(run.study_path) if run is not None else "in memory")
@@ -194,12 +202,33 @@ def _optuna(plan_space, loss_of, cost, loss, options: PlanOptions, name: str):
     return best, study, info
 
 
-def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, measure=None, **changes) -> Plan:
-    """Plan the student of `model` whose `metric` is at most `budget` of the teacher's, with least loss.
+def _recoverable(plan_space, additive: Additive, recoverable: Recoverable, costs, options: PlanOptions, keys):
+    """The recoverable search: successive halving over a pool of candidates (prunekit.planner.recoverable)."""
+    from prunekit.planner.recoverable import REDUCTION, pool
+    from prunekit.planner.search import successive_halving
 
-    `options` are PlanOptions; `changes` are applied to them (`plan("tiny-sd", budget=0.5, sensitivity=RUN)`).
-    `sensitivity` is a sensitivity run directory (runs/NAME): the additive objective reads its
-    sensitivity.csv; the Optuna study (runs/NAME/optuna.db unless `storage` gives an RDB URL) and the
+    candidates = pool(plan_space, costs, options.budget, additive, options.recover.pool, options.seed)
+    name = _study_name(options, *keys, recoverable.identity)
+    study = successive_halving(candidates, recoverable,
+                               storage=open_storage(options.storage) if options.storage else run_storage(options.run),
+                               study_name=name, first_rung=options.recover.first_rung, reduction=REDUCTION,
+                               progress=options.progress)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    best = min(complete, key=lambda t: (t.value, t.number))
+    steps = {t.number: max(t.intermediate_values, default=0) for t in study.trials}
+    info = {"sampler": "SuccessiveHalvingPruner", "study": name, "trials": len(study.trials),
+            "space_size": len(candidates), "best_trial": best.number, "kd_steps": sum(steps.values()),
+            "rungs": options.recover.schedule, "calibration": recoverable.prompts,
+            "storage": options.storage or str(options.run.study_path)}
+    return best, info
+
+
+def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, measure=None, **changes) -> Plan:
+    """Plan the student of `model` that keeps every cost its budget bounds within the bound, with least loss.
+
+    `options` are PlanOptions; `changes` are applied to them (`plan("tiny-sd", budget="params=0.6,macs=0.65",
+    sensitivity=RUN)`). `sensitivity` is a sensitivity run directory (runs/NAME): the additive objective reads
+    its sensitivity.csv; the Optuna study (runs/NAME/optuna.db unless `storage` gives an RDB URL) and the
     caches of measured losses and latencies live there. `measure(remove) -> float` scores a candidate for
     the measured objective. Writes plan.json to `options.output()` (refusing to replace a file unless
     `force`; pareto.csv beside it with `pareto`) and returns the Plan.
@@ -209,6 +238,7 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
     from prunekit.planner.search import front
 
     options = merged(PlanOptions, options, changes)
+    budget = options.budget
     model = resolve_model(model)
     check_output_file(options.output(), "plan", replace=options.force)  # never overwritten silently
     run = options.run
@@ -217,40 +247,54 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
     config = model.config
     loss_of, plan_space, keys = _objective(model, options, measure)
     meter = None
-    if options.metric == "latency":
+    if "latency" in budget.metrics:
         meter = LatencyMeter(config, resolve_device(options.device),
                              Cache(run.cache_path if run is not None else None, "latency"))
         keys.append(meter.prefix)
 
-    def cost(state) -> float:
+    def costs(state) -> dict[str, float]:
+        values = {metric: plan_space.fraction(state, metric) for metric in COST_METRICS}
         if meter is not None:
-            return meter.fraction(plan_space.remove(state), plan_space.kind)
-        return plan_space.fraction(state, options.metric)
+            values["latency"] = meter.fraction(plan_space.remove(state), plan_space.kind)
+        return values
+
+    def excess(state) -> float:
+        return budget.excess(costs(state))
 
     def loss(state) -> float:
         return loss_of(plan_space.remove(state))
 
-    least = cost(plan_space.smallest("params" if options.metric == "latency" else options.metric))
-    if least > options.budget:
-        hint = " or plan with --kind free" if options.kind == "diffusers" else ""
-        raise PrunekitError(f"no {options.kind} plan keeps {options.metric} within {options.budget} of the teacher's: "
-                            f"the smallest reachable is {least:.4f}; raise --budget{hint}.")
+    for metric in budget.metrics:  # each bound alone must be reachable (latency: at the fewest parameters)
+        least = costs(plan_space.smallest("params" if metric == "latency" else metric))[metric]
+        if least > budget[metric]:
+            hint = " or plan with --kind free" if options.kind == "diffusers" else ""
+            raise PrunekitError(f"no {options.kind} plan keeps {metric} within {budget[metric]:g} of the teacher's: "
+                                f"the smallest reachable is {least:.4f}; raise --budget{hint}.")
 
     info = {"kind": options.kind, "objective": options.objective, "method": options.method}
-    if options.method == "greedy":
-        state = greedy(plan_space, cost, loss, options.budget)
-        remove, loss_value, spent = plan_space.remove(state), loss(state), cost(state)
+    if options.objective == "recoverable":
+        recoverable = Recoverable(model, run, options.recover, Cache(run.cache_path, "recoverable"), options.kind)
+        best, searched = _recoverable(plan_space, loss_of, recoverable, costs, options, keys)
+        remove, loss_value = best.user_attrs["plan"]["remove"], best.value
+        spent, loss_of = best.user_attrs["plan"]["costs"], recoverable
+        info.update(searched)
+    elif options.method == "greedy":
+        ties = (lambda state: loss_of.halfwidth(plan_space.remove(state))) if isinstance(loss_of, Additive) else None
+        state = greedy(plan_space, excess, loss, 0.0, ties)
+        remove, loss_value, spent = plan_space.remove(state), loss(state), costs(state)
     else:
-        best, study, searched = _optuna(plan_space, loss_of, cost, loss, options, _study_name(options, *keys))
-        remove, loss_value, spent = best.user_attrs["plan"]["remove"], best.values[-1], best.user_attrs["plan"]["cost"]
+        best, study, searched = _optuna(plan_space, loss_of, costs, loss, options, _study_name(options, *keys))
+        remove, loss_value, spent = best.user_attrs["plan"]["remove"], best.values[-1], best.user_attrs["plan"]["costs"]
         info.update(searched)
 
     predicted = {"loss": loss_value}
     if meter is not None:
-        predicted.update(latency_fraction=spent, latency_ms=1000 * meter.seconds(remove, plan_space.kind))
+        predicted.update(latency_fraction=spent["latency"], latency_ms=1000 * meter.seconds(remove, plan_space.kind))
         info["latency"] = meter.describe()
-    budget_info = {"metric": options.metric, "fraction": options.budget}
-    result = make_plan(model.name, config, remove, options.method, budget_info, options.kind, **predicted)
+    result = make_plan(model.name, config, remove, options.method, budget.to_json(), options.kind, **predicted)
+    warning = imbalance({metric: result.predicted.get(f"{metric}_fraction") for metric in COSTS})
+    if warning:
+        info["warning"] = warning
     if options.kind == "free":
         info["student"] = "the teacher with the removed units swapped for prunekit's stand-ins: load it with " \
                           "prunekit.students.load_student"
@@ -266,30 +310,34 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
 
 
 def summary(result: Plan) -> str:
-    """The plan beside the BK-SDM presets: cost fractions, predicted loss, and whether each meets the budget."""
-    info, predicted, budget = result.provenance.get("planner", {}), result.predicted, result.budget
-    metric, limit = budget["metric"], budget["fraction"]
-    columns = ["params", "macs"] + (["latency"] if metric == "latency" else [])
+    """The plan beside the BK-SDM presets: cost fractions, predicted loss, whether each meets the budget, and the
+    planner's warning where the plan keeps far more of one cost than of another."""
+    info, predicted = result.provenance.get("planner", {}), result.predicted
+    budget = Budget.parse(result.budget)
+    columns = ["params", "macs"] + (["latency"] if "latency" in budget.metrics else [])
     lines = [f"{result.method} plan for {result.model_name} ({info.get('kind')} plan, {info.get('objective')} "
-             f"objective): removes {len(result.remove)} units, {metric} <= {limit} of the teacher's",
+             f"objective): removes {len(result.remove)} units; budget {budget} of the teacher's",
              f"  {'':10}" + "".join(f"{c:>10}" for c in columns) + f"{'loss':>12}  within budget"]
 
     def row(label: str, values: dict) -> str:
         loss = values.get("loss")
         cells = "".join(f"{values[f'{c}_fraction']:>10.4f}" for c in columns)
-        fits = "yes" if values[f"{metric}_fraction"] <= limit else "no"
+        fits = "yes" if budget.fits({c: values[f"{c}_fraction"] for c in budget.metrics}) else "no"
         return f"  {label:10}{cells}{'-' if loss is None else f'{loss:.4g}':>12}  {fits}"
 
     lines.append(row("this plan", predicted))
     lines += [row(name, values) for name, values in info.get("presets", {}).items()]
     lines.append("  removes: " + (" ".join(result.remove) or "nothing"))
+    if "warning" in info:
+        lines.append(f"  warning: {info['warning']}")
     if "latency" in info:
         lat = info["latency"]
         lines.append(f"  latency timed on {lat['device']} ({lat['timing']}, {lat['dtype']}, batch {lat['batch']}): "
                      f"teacher {lat['teacher_ms']:.2f} ms per step")
     if "sampler" in info:
-        lines.append(f"  Optuna {info['sampler']}: best of {info['trials']} trials (space of {info['space_size']} "
-                     f"plans), study {info['study']} in {info['storage']}")
+        how = "every plan of the space" if info["sampler"] == "BruteForceSampler" else f"{info['trials']} trials"
+        lines.append(f"  Optuna {info['sampler']}: the best of {how} (space of {info['space_size']} plans), "
+                     f"study {info['study']} in {info['storage']}")
     if "student" in info:
         lines.append(f"  student: {info['student']}")
     return "\n".join(lines)

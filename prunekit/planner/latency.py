@@ -1,9 +1,9 @@
 """Latency: seconds per U-Net step (batch 1 by default) of candidate students on a device.
 
 A diffusers candidate is its surgery student (random weights); a free one is the teacher with random
-weights and the candidate ablated (prunekit's stand-ins, as its student has them). On a CUDA device the step is captured in a CUDA
-graph and replayed, in float16, so Python and kernel-launch overhead do not hide what the blocks cost; on
-the CPU it runs eagerly in float32. Each candidate is timed once: timings are cached (in the run directory)
+weights and the candidate ablated (prunekit's stand-ins, as its student has them). On a CUDA device the step
+is captured in a CUDA graph and replayed, in float16, so Python and kernel-launch overhead do not hide what the
+blocks cost; on the CPU it runs eagerly in float32. Each candidate is timed once: timings are cached (in the run directory)
 by teacher, device, precision and candidate. Fractions are relative to the teacher timed the same way.
 """
 from __future__ import annotations

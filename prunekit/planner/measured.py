@@ -99,7 +99,7 @@ class Measure:
     def scores(self, remove: list[str]) -> dict[str, float]:
         """Every metric column (sensitivity.csv's names) of the generation with all of `remove` removed."""
         latents = self._latents(remove)
-        return self.scorer.score(latents, self.sampler.images(latents))
+        return self.scorer.score(latents, self.sampler.images(latents))[0]
 
     def loss(self, values: dict[str, float]) -> float:
         """The loss of a candidate's metric columns, by the run's rule (larger = more harmful)."""

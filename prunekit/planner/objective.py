@@ -3,8 +3,12 @@
 - `Additive` (default): the sum of the units' measured sensitivities from a sensitivity run's
   sensitivity.csv (LAPTOP-Diff's additivity assumption). A unit without its own row counts as the sum of
   its parts: a pair as its resnet and attention, `mid` as its resnets and attention, a stage as its blocks.
+  With the run's intervals it also gives the uncertainty of a candidate's loss (`halfwidth`), by which the
+  greedy planner treats candidates that cannot be told apart as ties.
 - `Measured`: a callable `measure(remove) -> float` that ablates the whole candidate and scores it (the
   sensitivity runner provides it), called once per candidate: results are cached in the run directory.
+- `recoverable` (prunekit.planner.recoverable): the loss after a short distillation, searched with
+  successive halving over KD steps.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph import Unit, outermost
 from prunekit.planner.cache import Cache
 
-OBJECTIVES = ("additive", "measured")
+OBJECTIVES = ("additive", "measured", "recoverable")  # the last: prunekit.planner.recoverable
 
 
 class Additive:
@@ -25,8 +29,10 @@ class Additive:
 
     cheap = True  # evaluating a candidate costs nothing, so the planner may score infeasible ones too
 
-    def __init__(self, table: dict[str, float], units: dict[str, Unit], source: Path | str = "sensitivity.csv"):
+    def __init__(self, table: dict[str, float], units: dict[str, Unit], source: Path | str = "sensitivity.csv",
+                 intervals: dict[str, tuple[float, float]] | None = None):
         self.table, self.units, self.source = table, units, source
+        self.intervals = intervals or {}
         self.resolved: dict[str, float] = {}
 
     @property
@@ -40,6 +46,19 @@ class Additive:
     def _parts(self, name: str) -> list[str]:
         """The largest units inside unit `name` (those inside no other unit inside it)."""
         return [u.name for u in outermost([u for u in self.units.values() if self.units[name].contains(u)])]
+
+    def halfwidth(self, remove: list[str]) -> float:
+        """Half the width of the candidate's loss interval: its units' half-widths summed (a unit without an
+        interval of its own, its parts'; 0 without intervals)."""
+        return sum(self._halfwidth(name) for name in remove)
+
+    def _halfwidth(self, name: str) -> float:
+        if name in self.intervals:
+            low, high = self.intervals[name]
+            return (high - low) / 2
+        if name in self.table:
+            return 0.0
+        return sum(self._halfwidth(part) for part in self._parts(name))
 
     def unit(self, name: str) -> float:
         """The sensitivity of unit `name`: its own row, else the sum of its parts'."""

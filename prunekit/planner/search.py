@@ -1,10 +1,11 @@
 """Optuna search over a plan space.
 
-Each trial samples a state by define-by-run (space.suggest). By default TPE minimises the loss with the
-budget as a constraint (`trial.set_constraint`, cost - budget <= 0: Optuna 5's form of constraints_func);
-with `pareto`, NSGA-II minimises cost and loss together, unconstrained, and the plan is the trial of least
-loss within the budget. A space that holds no more plans than `trials` is enumerated instead (Optuna's
-BruteForceSampler): no sampler beats that. A trial that samples a plan the study already scored is pruned
+Each trial samples a state by define-by-run (space.suggest). By default TPE minimises the loss with each of
+the budget's bounds as a constraint (`trial.set_constraint`, cost - bound <= 0: Optuna 5's form of
+constraints_func); with `pareto`, NSGA-II minimises the bounded costs and the loss together, unconstrained,
+and the plan is the trial of least loss within the budget. A space that holds no more plans than `trials` is
+enumerated instead (Optuna's BruteForceSampler), with or without `pareto`: no sampler beats that; the plan
+and the summary say which sampler ran. A trial that samples a plan the study already scored is pruned
 rather than scored again, so TPE, which would keep proposing its favourite, moves on.
 
 The study lives in any storage Optuna supports (an RDB URL), so many machines can search one study;
@@ -21,11 +22,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from prunekit.errors import PrunekitError
+from prunekit.planner.budget import Budget
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what --trials counts (a pruned trial repeated a plan)
 
 
-def _objective(space, cost: Callable, loss: Callable, budget: float, pareto: bool, cheap: bool):
+def _objective(space, costs: Callable, loss: Callable, budget: Budget, pareto: bool, cheap: bool):
     def objective(trial: optuna.Trial):
         state = space.suggest(trial)
         remove = space.remove(state)
@@ -33,13 +35,13 @@ def _objective(space, cost: Callable, loss: Callable, budget: float, pareto: boo
             if earlier.user_attrs["plan"]["remove"] == remove:  # worth nothing new: let the sampler move on
                 trial.set_user_attr("duplicate_of", earlier.number)
                 raise optuna.TrialPruned()
-        spent = cost(state)
-        fractions = {f"{metric}_fraction": space.fraction(state, metric) for metric in ("params", "macs")}
-        trial.set_user_attr("plan", {"remove": remove, "cost": spent, **fractions})  # one write: commits are slow
+        spent = costs(state)
+        trial.set_user_attr("plan", {"remove": remove, "costs": spent})  # one write: commits are slow
         if pareto:
-            return spent, loss(state)
-        trial.set_constraint("budget", spent - budget)
-        return loss(state) if cheap or spent <= budget else math.inf  # infeasible: not worth measuring
+            return (*[spent[name] for name in budget.metrics], loss(state))
+        for name, gap in zip(budget.metrics, budget.slack(spent)):
+            trial.set_constraint(name, gap)
+        return loss(state) if cheap or budget.fits(spent) else math.inf  # infeasible: not worth measuring
     return objective
 
 
@@ -51,13 +53,13 @@ def _sampler(pareto: bool, exhaustive: bool, seed: int) -> optuna.samplers.BaseS
     return optuna.samplers.NSGAIISampler(seed=seed) if pareto else optuna.samplers.TPESampler(seed=seed)
 
 
-def search(space, cost: Callable, loss: Callable, budget: float, *, trials: int = 200,
+def search(space, costs: Callable, loss: Callable, budget: Budget, *, trials: int = 200,
            storage: str | optuna.storages.BaseStorage | None = None,
            study_name: str = "prunekit-plan", seed: int = 0, pareto: bool = False, cheap: bool = True,
            exhaustive: bool | None = None, progress: bool = False) -> optuna.Study:
     """Run (or resume) the study `study_name` in `storage` (None: in memory) until it holds `trials`
-    finished trials; `cost` and `loss` take a state, `cheap` says whether the loss of an infeasible state
-    is worth computing. `exhaustive` (by default: when the space holds no more states than `trials`)
+    finished trials; `costs` (cost name -> fraction of the teacher's) and `loss` take a state, `cheap` says
+    whether the loss of an infeasible state is worth computing. `exhaustive` (by default: when the space holds no more states than `trials`)
     enumerates the space with Optuna's BruteForceSampler, which no sampler can beat at that size."""
     if exhaustive is None:
         exhaustive = space.size() <= trials
@@ -65,14 +67,14 @@ def search(space, cost: Callable, loss: Callable, budget: float, *, trials: int 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                    directions=["minimize", "minimize"] if pareto else ["minimize"],
+                                    directions=["minimize"] * (len(budget.metrics) + 1 if pareto else 1),
                                     sampler=_sampler(pareto, exhaustive, seed))
         done = len(study.get_trials(deepcopy=False, states=_FINISHED))
         if done:
             study.sampler = _sampler(pareto, exhaustive, seed + done)  # a resumed study does not replay its samples
         target = min(trials, space.size()) if exhaustive else trials
         if done < target:
-            study.optimize(_objective(space, cost, loss, budget, pareto, cheap), n_trials=target - done,
+            study.optimize(_objective(space, costs, loss, budget, pareto, cheap), n_trials=target - done,
                            callbacks=[optuna.study.MaxTrialsCallback(trials, states=_FINISHED)],
                            show_progress_bar=progress)
     finally:
@@ -80,14 +82,14 @@ def search(space, cost: Callable, loss: Callable, budget: float, *, trials: int 
     return study
 
 
-def best_trial(study: optuna.Study, budget: float) -> FrozenTrial:
+def best_trial(study: optuna.Study, budget: Budget) -> FrozenTrial:
     """The finished trial of least loss within the budget (then least cost, then earliest)."""
-    pareto = len(study.directions) == 2
+    pareto = len(study.directions) > 1
     within = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        spent = trial.user_attrs["plan"]["cost"]
-        if spent <= budget:
-            within.append((trial.values[-1], spent, trial.number, trial))
+        spent = trial.user_attrs["plan"]["costs"]
+        if budget.fits(spent):
+            within.append((trial.values[-1], sum(spent[name] for name in budget.metrics), trial.number, trial))
     if not within:
         raise PrunekitError(f"none of the study's {len(study.trials)} trials met the budget {budget}: "
                             "run more --trials" + (" or search without --pareto." if pareto else "."))
@@ -97,9 +99,42 @@ def best_trial(study: optuna.Study, budget: float) -> FrozenTrial:
 def front(study: optuna.Study) -> list[dict]:
     """The Pareto front of a --pareto study as pareto.csv rows (params_fraction, macs_fraction, loss, remove)."""
     rows = {}
-    for trial in sorted(study.best_trials, key=lambda t: (t.values[0], t.values[1], t.number)):
+    for trial in sorted(study.best_trials, key=lambda t: (*t.values, t.number)):
         attrs = trial.user_attrs["plan"]
         remove = " ".join(attrs["remove"])
-        rows.setdefault(remove, {"params_fraction": attrs["params_fraction"], "macs_fraction": attrs["macs_fraction"],
-                                 "loss": trial.values[1], "remove": remove, "is_preset": False})
+        rows.setdefault(remove, {"params_fraction": attrs["costs"]["params"], "macs_fraction": attrs["costs"]["macs"],
+                                 "loss": trial.values[-1], "remove": remove, "is_preset": False})
     return list(rows.values())
+
+
+def successive_halving(candidates: list[dict], loss, *, storage, study_name: str, first_rung: int, reduction: int,
+                       progress: bool = False) -> optuna.Study:
+    """Score `candidates` ({"remove", "costs"}) by `loss(remove, trial)`, which reports each rung and stops once
+    Optuna's asynchronous successive-halving pruner says so; resumes a study in `storage`. Candidates are tried
+    in their order, each once: the first ones set the bar the later ones must reach at each rung."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=reduction)
+        study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True, pruner=pruner,
+                                    direction="minimize")
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # a killed search's
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        finished = {t.params["candidate"] for t in study.get_trials(deepcopy=False, states=_FINISHED)}
+        todo = [index for index in range(len(candidates)) if index not in finished]
+        waiting = {t.system_attrs.get("fixed_params", {}).get("candidate")
+                   for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+        for index in todo:
+            if index not in waiting:  # a failed trial of the candidate stays; a new one is queued
+                study.enqueue_trial({"candidate": index})
+
+        def objective(trial: optuna.Trial) -> float:
+            candidate = candidates[trial.suggest_categorical("candidate", list(range(len(candidates))))]
+            trial.set_user_attr("plan", candidate)
+            return loss(candidate["remove"], trial)
+
+        if todo:
+            study.optimize(objective, n_trials=len(todo), show_progress_bar=progress)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return study

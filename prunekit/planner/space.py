@@ -271,10 +271,10 @@ class DiffusersSpace(Space):
             stages[d] = choices[trial.suggest_categorical(f"stage down{d}/up{self.n - 1 - d}", list(choices))]
         return Layout(m, mid, tuple(stages))
 
-    def undominated(self, metric: str, unit_loss: Callable[[str], float]) -> DiffusersSpace:
-        """This space without the stage choices another choice of the same stage beats (saves no less cost
-        and loses no more, one of them strictly; of equals, the first stays). Exact where cost and loss add up over
-        units (parameters or MACs, the additive objective): a stage's choice then changes a plan's cost and
+    def undominated(self, metrics: list[str], unit_loss: Callable[[str], float]) -> DiffusersSpace:
+        """This space without the stage choices another choice of the same stage beats (saves no less of every
+        cost in `metrics` and loses no more; of equals, the first stays). Exact where costs and loss add up over
+        units (parameters or MACs, the additive objective): a stage's choice then changes a plan's costs and
         loss by its own units alone, so a beaten choice is in no best plan. Each stage keeps its full choice."""
         full = self.full()
         pruned = copy.copy(self)
@@ -283,10 +283,11 @@ class DiffusersSpace(Space):
             scores = []
             for choice in options:
                 removed = self.remove(self._with(full, d, choice))
-                scores.append((sum(getattr(self.units[n], metric) for n in removed), sum(map(unit_loss, removed))))
+                saved = tuple(sum(getattr(self.units[n], metric) for n in removed) for metric in metrics)
+                scores.append((saved, sum(map(unit_loss, removed))))
             pruned.options.append([options[0]] + [
                 choice for i, (choice, mine) in enumerate(zip(options, scores)) if i and not any(
-                    other[0] >= mine[0] and other[1] <= mine[1] and (other != mine or j < i)
+                    all(a >= b for a, b in zip(other[0], mine[0])) and other[1] <= mine[1] and (other != mine or j < i)
                     for j, other in enumerate(scores) if j != i)])
         return pruned
 

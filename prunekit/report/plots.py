@@ -74,12 +74,16 @@ def stage_costs(stages: list[str], kinds: list[str], params: dict, macs: dict) -
         return _png(fig)
 
 
-def sensitivity_bars(names: list[str], kinds: list[str], values: list[float], saved: list[str], xlabel: str) -> str:
-    """Horizontal bars, one per unit in the given order (top first), coloured by kind, `saved` written beside."""
+def sensitivity_bars(names: list[str], kinds: list[str], values: list[float], saved: list[str], xlabel: str,
+                     errors: list[tuple[float, float]] | None = None) -> str:
+    """Horizontal bars, one per unit in the given order (top first), coloured by kind, `saved` written beside;
+    `errors` (below, above) draw each value's interval."""
     with matplotlib.rc_context(_STYLE):
         fig, ax = _figure(8.6, 0.9 + 0.21 * len(names))
         positions = range(len(names))
-        ax.barh(positions, values, color=[KIND_COLORS.get(k, OTHER_COLOR) for k in kinds], height=0.72)
+        xerr = np.array(errors).T if errors else None
+        ax.barh(positions, values, color=[KIND_COLORS.get(k, OTHER_COLOR) for k in kinds], height=0.72, xerr=xerr,
+                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": INK})
         ax.set_yticks(list(positions), names, fontsize=8)
         ax.invert_yaxis()
         ax.axvline(0, color=MUTED, linewidth=0.8)

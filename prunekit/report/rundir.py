@@ -16,7 +16,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph import Unit
 from prunekit.plan import Plan
 from prunekit.planner.api import PARETO_COLUMNS
-from prunekit.rundir import UNIT_COLUMNS, RunDir, RunRecord, read_csv, read_json
+from prunekit.rundir import INTERVAL_COLUMNS, UNIT_COLUMNS, RunDir, RunRecord, read_csv, read_json
 
 FILES = (rundir.RUN_JSON, rundir.TABLE, rundir.IMAGES, rundir.PLAN, rundir.PARETO, rundir.DISTILL)
 
@@ -53,7 +53,7 @@ class Run:
     @property
     def metrics(self) -> list[str]:
         """The sensitivity.csv columns to chart: `sensitivity`, each `delta_M`, and each M without a delta."""
-        extra = [c for c in self.columns if c not in UNIT_COLUMNS]
+        extra = [c for c in self.columns if c not in UNIT_COLUMNS and c not in INTERVAL_COLUMNS]
         deltas = [c for c in extra if c.startswith("delta_")]
         plain = [c for c in extra if not c.startswith("delta_") and c != "sensitivity" and f"delta_{c}" not in extra]
         return ["sensitivity"] * ("sensitivity" in extra) + deltas + plain

@@ -130,8 +130,11 @@ def _sensitivity_section(run: Run) -> dict | None:
             continue
         saved = [_count(r["params"]) + (f"  {100 * r['params'] / total:.1f}%" if total else "")
                  if _is_number(r.get("params")) else "" for r in rows]
+        errors = None
+        if column == "sensitivity" and all(_is_number(r.get("sensitivity_low")) for r in rows):
+            errors = [(r[column] - r["sensitivity_low"], r["sensitivity_high"] - r[column]) for r in rows]
         figure = plots.sensitivity_bars([str(r["unit"]) for r in rows], [str(r["kind"]) for r in rows],
-                                        [r[column] for r in rows], saved, _axis_label(column))
+                                        [r[column] for r in rows], saved, _axis_label(column), errors)
         charts.append({"column": column, "label": _axis_label(column), "figure": figure})
     return {"charts": charts, "count": len(run.units)} if charts else None
 
@@ -192,8 +195,10 @@ def _units_section(run: Run) -> dict | None:
     else:
         return None
     total = run.teacher.costs.params if run.teacher else None
+    ties = _ties(run)
     columns = ["unit", "kind", "stage", "params"] + ["% params"] * bool(total) + ["MACs", "full MACs"]
-    columns += [c.replace("delta_", "Δ ") for c in scores] + ["seconds"] * bool(run.units)
+    columns += [c.replace("delta_", "Δ ") for c in scores] + ["95% interval", "tied with"] * bool(ties)
+    columns += ["seconds"] * bool(run.units)
     columns += ["plan"] * (run.plan is not None)
     removed = _removed(run)
     table = []
@@ -204,12 +209,34 @@ def _units_section(run: Run) -> dict | None:
             share = 100 * params / total if _is_number(params) else None
             cells.append(_cell(share, f"{share:.2f}" if share is not None else ""))
         cells += [_count_cell(row.get("macs")), _count_cell(row.get("full_macs"))]
-        cells += [_cell(row.get(c)) for c in scores] + [_cell(row.get("seconds"))] * bool(run.units)
+        cells += [_cell(row.get(c)) for c in scores]
+        if ties:
+            low, high = row.get("sensitivity_low"), row.get("sensitivity_high")
+            shown = f"[{_text(low)}, {_text(high)}]" if _is_number(low) and _is_number(high) else ""
+            cells += [_cell(low, shown), _cell(", ".join(ties.get(str(row["unit"]), [])))]
+        cells += [_cell(row.get("seconds"))] * bool(run.units)
         state = _plan_state(run, str(row["unit"]), removed)
         if run.plan is not None:
             cells.append(_cell(state))
         table.append({"cells": cells, "removed": state == "removed"})
     return {"columns": columns, "rows": table, "from_csv": bool(run.units)}
+
+
+def _ties(run: Run) -> dict[str, list[str]]:
+    """Each unit with an interval: the units whose intervals overlap its own in a run of the ranking
+    (prunekit.sensitivity.intervals.tie_groups), which the planner cannot tell apart from it."""
+    from prunekit.sensitivity.intervals import tie_groups
+
+    rows = [r for r in run.units if all(_is_number(r.get(k)) for k in ("sensitivity", "sensitivity_low",
+                                                                        "sensitivity_high"))]
+    if not rows:
+        return {}
+    groups = tie_groups({r["unit"]: (r["sensitivity_low"], r["sensitivity_high"]) for r in rows},
+                        {r["unit"]: r["sensitivity"] for r in rows})
+    members: dict[int, list[str]] = {}
+    for name, group in groups.items():
+        members.setdefault(group, []).append(name)
+    return {name: [other for other in members[group] if other != name] for name, group in groups.items()}
 
 
 def _plan_section(run: Run) -> dict | None:

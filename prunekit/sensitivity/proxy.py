@@ -163,12 +163,12 @@ class Proxy:
             intact = self.forward.run(context, (noisy, ()), keep=keep)
             self.batches.append((context, keep, intact))
 
-    def eps_mse(self, unit: Unit) -> float:
-        """Mean squared difference of the U-Net's prediction from the intact one (ablate `unit` around the call)."""
+    def eps_mse(self, unit: Unit) -> torch.Tensor:
+        """Each latent's mean squared difference of the U-Net's prediction from the intact one (ablate `unit`
+        around the call); their mean is the unit's eps_mse."""
         start = self.forward.first_stage(unit)
-        total, count = 0.0, 0
+        errors = []
         for context, keep, intact in self.batches:
             predicted = self.forward.run(context, keep[start], start)
-            total += float(((predicted.float() - intact.float()) ** 2).sum())
-            count += intact.numel()
-        return total / count
+            errors.append(((predicted.float() - intact.float()) ** 2).flatten(1).mean(1).double().cpu())
+        return torch.cat(errors)

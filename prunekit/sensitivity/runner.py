@@ -15,16 +15,21 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from prunekit.ablation import ablate
+from prunekit import worlds
 from prunekit.generate import image_seeds
-from prunekit.worlds import references
+from prunekit.metrics import clip_score
 from prunekit.graph import Unit
 from prunekit.models import Model
 from prunekit.options import merged
 from prunekit.rundir import RunDir
 from prunekit.sensitivity import pipelines
+from prunekit.sensitivity.intervals import MIN_PROMPTS, interval, placed
 from prunekit.sensitivity.settings import Settings, SweepOptions, resolve, rule_value
 
 THUMBNAILS = 4  # prompts per unit whose images are kept for the report
+POOR_RATIO = 0.5  # an intact model whose CLIP score is below this share of its reference images' is warned about
+POOR_CLIP = 20.0  # without reference images: a CLIP score below this is warned about
+POOR_JUDGED = 0.3  # a judge's headline below this is warned about
 
 
 def sensitivity(model: str | Model, out: str = "runs/sensitivity", options: SweepOptions | None = None,
@@ -87,26 +92,107 @@ def sensitivity(model: str | Model, out: str = "runs/sensitivity", options: Swee
         run.write_record(record)
     mine = todo[state.process_index::state.num_processes]
     if mine or main:
-        say(f"measuring the baseline ({len(settings.prompts)} prompts)...")
         measure_baseline = _proxy if settings.mode == "proxy" else _full
         baseline, measure = measure_baseline(settings, pipe, clip, run, main)
+        for warning in baseline_warnings(settings, baseline):
+            say(f"warning: {warning}")
+            record.notes = [*record.notes, warning] if warning not in record.notes else record.notes
         if main:
             record.baseline = baseline
             run.write_record(record)
         table = run.table(columns) if state.num_processes == 1 else run.shard(state.process_index, columns)
-        for unit in tqdm(mine, desc="sensitivity", unit="unit", disable=not (main and progress)):
-            if unit.name in table.units():  # another process sweeping into this directory measured it meanwhile
-                continue
-            started = time.perf_counter()
-            values = measure(unit)
-            table.append({"unit": unit.name, "kind": unit.kind, "stage": unit.stage, "params": unit.params,
-                          "macs": unit.macs, "full_macs": unit.full_macs, "seconds": time.perf_counter() - started,
-                          "init": settings.init, **values})
+        sweep = _race if settings.race else _one_by_one
+        sweep(settings, mine, measure, table, main and progress)
     state.wait_for_everyone()
     if main:
         run.merge(columns, [unit.name for unit in settings.units])
     state.wait_for_everyone()
     return run.frame(columns)
+
+
+def baseline_warnings(settings: Settings, baseline: dict) -> list[str]:
+    """What to tell the user when the intact model's own scores cannot rank anything, or too few prompts are
+    measured for the intervals to mean much."""
+    warnings = []
+    if len(settings.prompts) < MIN_PROMPTS:
+        warnings.append(f"{len(settings.prompts)} prompts give intervals that mean little: use at least "
+                        f"{MIN_PROMPTS} (--num-prompts).")
+    clip = baseline.get("clip_score")
+    real = baseline.get("clip_score_real")
+    if clip is not None and (clip < POOR_RATIO * real if real else clip < POOR_CLIP):
+        against = f"{POOR_RATIO:.0%} of its reference images' {real:.1f}" if real else f"{POOR_CLIP:g}"
+        warnings.append(f"the intact model scores CLIP {clip:.1f} at --steps {settings.steps}, below {against}: "
+                        "its ablations rank noise; raise --steps (or check the model).")
+    judge = settings.judge
+    headline = baseline.get(f"{judge.prefix}{judge.headline}") if judge is not None else None
+    if headline is not None and headline < POOR_JUDGED:
+        warnings.append(f"the intact model gets {headline:.0%} of its prompts right ({settings.judge.metric}) at "
+                        f"--steps {settings.steps}: its ablations rank noise; raise --steps (or check the model).")
+    return warnings
+
+
+def _row(settings: Settings, unit: Unit, values: dict, losses, seconds: float, prompts: int) -> dict:
+    low, high = interval(losses, settings.seed, unit.name) if losses is not None else ("", "")
+    return {"unit": unit.name, "kind": unit.kind, "stage": unit.stage, "params": unit.params, "macs": unit.macs,
+            "full_macs": unit.full_macs, "seconds": seconds, "init": settings.init, **values,
+            "sensitivity_low": low, "sensitivity_high": high, "prompts": prompts}
+
+
+def _one_by_one(settings: Settings, units: list[Unit], measure, table, progress: bool) -> None:
+    """Each unit on every prompt, its row written as soon as it is done."""
+    for unit in tqdm(units, desc="sensitivity", unit="unit", disable=not progress):
+        if unit.name in table.units():  # another process sweeping into this directory measured it meanwhile
+            continue
+        started = time.perf_counter()
+        values, losses = measure(unit)
+        table.append(_row(settings, unit, values, losses, time.perf_counter() - started, len(settings.prompts)))
+
+
+def _race(settings: Settings, units: list[Unit], measure, table, progress: bool) -> None:
+    """Every unit on rounds of --race-round prompts; a unit's row is written once its interval is placed
+    (prunekit.sensitivity.intervals.placed) or every prompt is measured. Only finished units are written: a
+    kill loses the rounds of the units in flight."""
+    count = len(settings.prompts)
+    rounds = [list(range(start, min(start + settings.race_round, count)))
+              for start in range(0, count, settings.race_round)]
+    active = [unit for unit in units if unit.name not in table.units()]
+    measured = {unit.name: _Measured() for unit in active}
+    estimates: dict[str, tuple[float, float, float]] = {}
+    bar = tqdm(total=len(active), desc="sensitivity (racing)", unit="unit", disable=not progress)
+    for number, indices in enumerate(rounds):
+        last = number == len(rounds) - 1
+        for unit in active:
+            measured[unit.name].add(measure.generate(unit, indices))
+            losses = measured[unit.name].losses()
+            if len(losses) >= MIN_PROMPTS:
+                estimates[unit.name] = (float(losses.mean()), *interval(losses, settings.seed, unit.name))
+        for unit in list(active):
+            if last or (unit.name in estimates and placed(unit.name, estimates)):
+                done = measured.pop(unit.name)
+                values, losses = measure.columns(unit, done)
+                table.append(_row(settings, unit, values, losses, done.seconds, len(done.indices)))
+                active.remove(unit)
+                bar.update()
+    bar.close()
+
+
+class _Measured:
+    """One unit's generations so far: the prompts' indices, latents, images and seconds spent."""
+
+    def __init__(self):
+        self.indices, self.latents, self.images, self.seconds = [], [], [], 0.0
+        self._losses = []
+
+    def add(self, generation) -> None:
+        indices, latents, images, seconds, losses = generation
+        self.indices += indices
+        self.latents.append(latents)
+        self.images += images
+        self.seconds += seconds
+        self._losses.append(losses)
+
+    def losses(self) -> torch.Tensor:
+        return torch.cat(self._losses)
 
 
 def _clip_metric(settings: Settings, device: torch.device):
@@ -126,40 +212,68 @@ def _sampler(settings: Settings, pipe):
                    settings.batch_size)
 
 
+class _FullMeasure:
+    """Full mode: generate a unit's images for some prompts (`generate`), or all of them and score them (a call)."""
+
+    def __init__(self, settings: Settings, pipe, sampler, scorer, run: RunDir):
+        self.settings, self.pipe, self.sampler, self.scorer, self.run = settings, pipe, sampler, scorer, run
+
+    def _sample(self, unit: Unit, indices: list[int]):
+        with ablate(self.pipe.unet, unit):
+            latents = self.sampler.latents(indices)
+        return latents, self.sampler.images(latents)
+
+    def generate(self, unit: Unit, indices: list[int]):
+        """(indices, latents, images, seconds, each prompt's loss) of `unit` removed on the prompts at `indices`."""
+        started = time.perf_counter()
+        latents, images = self._sample(unit, indices)
+        seconds = time.perf_counter() - started
+        _, losses = self.scorer.score(latents, images, indices)
+        return indices, latents, images, seconds, losses
+
+    def _columns(self, unit: Unit, latents, images, indices) -> tuple[dict, torch.Tensor | None]:
+        values, losses = self.scorer.score(latents, images, indices)
+        self.run.save_images(f"units/{unit.name}", [image for i, image in zip(indices, images) if i < THUMBNAILS])
+        return {**values, "sensitivity": rule_value(self.settings.sensitivity_rule(), values)}, losses
+
+    def columns(self, unit: Unit, measured) -> tuple[dict, torch.Tensor | None]:
+        """The metric columns and `sensitivity` of a unit's generations so far (images of its first prompts kept)."""
+        return self._columns(unit, torch.cat(measured.latents), measured.images, measured.indices)
+
+    def __call__(self, unit: Unit) -> tuple[dict, torch.Tensor | None]:
+        """The columns and each prompt's loss of `unit` removed, on every prompt."""
+        indices = list(range(len(self.settings.prompts)))
+        return self._columns(unit, *self._sample(unit, indices), indices)
+
+
 def _full(settings: Settings, pipe, clip, run: RunDir, main: bool):
-    """Generate and score the baseline (its images saved by the main process); a function that does the same
-    for one ablated unit and returns its metric columns."""
+    """Generate and score the baseline (its images saved by the main process); the measure of one ablated unit."""
     from prunekit.sensitivity.scoring import Scorer
 
     sampler = _sampler(settings, pipe)
-    scorer = Scorer(settings.metrics, list(settings.prompts), clip, settings.clip_model, settings.judge)
-    latents = sampler.latents()
+    scorer = Scorer(settings.metrics, list(settings.prompts), clip, settings.clip_model, settings.judge,
+                    settings.sensitivity_rule())
+    latents = sampler.latents(progress=settings.progress and main)
     images = sampler.images(latents)
     baseline = scorer.set_baseline(latents, images)
+    references = worlds.references(list(settings.prompts)) if "clip" in settings.metrics else None
+    if references is not None:
+        baseline["clip_score_real"] = clip_score(references, list(settings.prompts), clip)
     if main:
         run.save_prompts(list(settings.prompts))
         run.save_images("baseline", images[:THUMBNAILS])
-
-    def measure(unit: Unit) -> dict:
-        with ablate(pipe.unet, unit):
-            latents = sampler.latents()
-        images = sampler.images(latents)
-        values = scorer.score(latents, images)
-        run.save_images(f"units/{unit.name}", images[:THUMBNAILS])
-        return {**values, "sensitivity": rule_value(settings.sensitivity_rule(), values)}
-
-    return baseline, measure
+    return baseline, _FullMeasure(settings, pipe, sampler, scorer, run)
 
 
 def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
     """The proxy's clean latents and the intact U-Net's activations on them; a function that scores one
-    ablated unit and returns its metric columns."""
+    ablated unit and returns its metric columns and each latent's eps_mse."""
     from prunekit.sensitivity.proxy import Proxy
 
     prompts = list(settings.prompts)
     if settings.proxy_latents == "baseline":
         sampler = _sampler(settings, pipe)
-        latents, embeds = sampler.latents(), sampler.embeds
+        latents, embeds = sampler.latents(progress=settings.progress and main), sampler.embeds
         if main:
             run.save_prompts(prompts)
             run.save_images("baseline", sampler.images(latents[:THUMBNAILS]))
@@ -170,10 +284,11 @@ def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
     proxy = Proxy(pipe.unet, latents, embeds, settings.timesteps, pipe.scheduler.alphas_cumprod, settings.seed,
                   settings.batch_size)
 
-    def measure(unit: Unit) -> dict:
+    def measure(unit: Unit) -> tuple[dict, torch.Tensor]:
         with ablate(pipe.unet, unit):
-            value = proxy.eps_mse(unit)
-        return {"eps_mse": value, "sensitivity": value}
+            errors = proxy.eps_mse(unit)
+        value = float(errors.mean())
+        return {"eps_mse": value, "sensitivity": value}, errors
 
     return {"timesteps": sorted(set(proxy.timesteps))}, measure
 
@@ -181,7 +296,7 @@ def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
 @torch.no_grad()
 def _reference_latents(pipe, prompts: list[str], batch_size: int | None) -> torch.Tensor:
     """The reference images of `prompts` (prunekit.worlds.references), encoded by the pipeline's VAE."""
-    images = references(prompts)
+    images = worlds.references(prompts)
     latents = []
     size = batch_size or len(images)
     for start in range(0, len(images), size):

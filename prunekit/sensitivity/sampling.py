@@ -13,6 +13,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from tqdm.auto import tqdm
+
 from prunekit.generate import decode
 
 
@@ -27,17 +29,23 @@ class Sampler:
             self.embeds, self.negative = pipe.encode_prompt(list(prompts), pipe.device, 1, guidance > 1)
 
     @torch.no_grad()
-    def latents(self) -> torch.Tensor:
-        """The final latents (N x C x h x w, on the CPU), in batches of `batch_size` prompts."""
+    def latents(self, indices: list[int] | None = None, progress: bool = False) -> torch.Tensor:
+        """The final latents (N x C x h x w, on the CPU) of the prompts at `indices` (default all), in batches of
+        `batch_size` prompts; with `progress`, a bar over the sampling steps (the baseline's)."""
+        indices = list(range(len(self.seeds))) if indices is None else list(indices)
         latents = []
-        for start in range(0, len(self.seeds), self.batch_size):
-            batch = slice(start, start + self.batch_size)
-            generators = [torch.Generator("cpu").manual_seed(seed) for seed in self.seeds[batch]]
+        batches = range(0, len(indices), self.batch_size)
+        bar = tqdm(total=len(batches) * self.steps, desc="baseline", unit="step", disable=not progress)
+        step_end = (lambda pipe, step, timestep, kwargs: bar.update() or kwargs) if progress else None
+        for start in batches:
+            batch = indices[start:start + self.batch_size]
+            generators = [torch.Generator("cpu").manual_seed(self.seeds[i]) for i in batch]
             output = self.pipe(prompt_embeds=self.embeds[batch],
                                negative_prompt_embeds=None if self.negative is None else self.negative[batch],
                                num_inference_steps=self.steps, guidance_scale=self.guidance, generator=generators,
-                               output_type="latent")
+                               output_type="latent", callback_on_step_end=step_end)
             latents.append(output.images.cpu())
+        bar.close()
         return torch.cat(latents)
 
     def images(self, latents: torch.Tensor) -> list[Image.Image]:

@@ -51,6 +51,8 @@ class SweepOptions:
     timesteps: int = 4
     proxy_latents: str | None = None
     clip_model: str | None = None
+    race: bool = False  # stop spending prompts on a unit once its interval is placed (prunekit.sensitivity.intervals)
+    race_round: int = 8  # prompts per round of a race
     progress: bool = True
 
     def __post_init__(self):
@@ -59,7 +61,7 @@ class SweepOptions:
         check_choice("dtype", self.dtype, tuple(DTYPES))
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("proxy_latents", self.proxy_latents, (None, *PROXY_LATENTS))
-        for name in ("num_prompts", "steps", "timesteps"):
+        for name in ("num_prompts", "steps", "timesteps", "race_round"):
             check_count(name, getattr(self, name))
         check_count("batch_size", self.batch_size, optional=True)
         check_count("seed", self.seed, minimum=0)
@@ -67,6 +69,8 @@ class SweepOptions:
         if self.mode == "proxy" and self.metrics is not None:
             raise PrunekitError("proxy mode scores by noise-prediction error (eps_mse) only: leave out --metrics, "
                                 "or use --mode full.")
+        if self.mode == "proxy" and self.race:
+            raise PrunekitError("a proxy sweep costs one U-Net pass per unit: --race is for full mode.")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class Settings:
     timesteps: int
     proxy_latents: str | None
     clip_model: str | None
+    race: bool
+    race_round: int
     progress: bool
 
     @property
@@ -120,7 +126,7 @@ class Settings:
             columns.append("eps_mse")
         if self.init == "random":
             columns.append("init")
-        return columns + ["sensitivity"]
+        return columns + ["sensitivity", "sensitivity_low", "sensitivity_high", "prompts"]
 
     def sensitivity_rule(self) -> str:
         """What the `sensitivity` column holds (larger = more harmful to remove)."""
@@ -142,10 +148,14 @@ class Settings:
                 "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype, "init": self.init,
                 "units": [unit.name for unit in self.units] if self.units_given else None,
                 "timesteps": self.timesteps if proxy else None, "proxy_latents": self.proxy_latents,
-                "clip_model": self.clip_model}
+                "clip_model": self.clip_model, "race": self.race_round if self.race else None}
 
     def notes(self) -> list[str]:
-        notes = [f"sensitivity = {self.sensitivity_rule()} (larger = more harmful to remove)."]
+        notes = [f"sensitivity = {self.sensitivity_rule()} (larger = more harmful to remove); sensitivity_low and "
+                 "sensitivity_high bound its 95% bootstrap interval over the prompts (prunekit.sensitivity.intervals)."]
+        if self.race:
+            notes.append(f"racing: each unit was measured on rounds of {self.race_round} prompts until its interval "
+                         "cleared its neighbours' (the prompts column says how many it took).")
         if self.init == "random":
             notes.append("random weights (--init random): for timing only; the scores mean nothing.")
         if self.mode == "proxy":
@@ -264,4 +274,4 @@ def resolve(model: str | Model, out: str, options: SweepOptions) -> Settings:
                     judge if judge is not None and judge.metric in chosen else None, source, tuple(texts),
                     options.steps, guidance, options.seed, options.batch_size, device, options.dtype, options.init,
                     selected, options.units is not None, options.timesteps, proxy_latents, clip_model,
-                    options.progress)
+                    options.race, options.race_round, options.progress)

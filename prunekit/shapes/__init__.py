@@ -47,6 +47,10 @@ class Judge:
     def score(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict[str, float]:
         return judge.attribute_accuracy(images, texts)
 
+    def verdicts(self, images: Sequence[Image.Image], texts: Sequence[str]) -> dict[str, list[bool]]:
+        """Per image, whether it is right on each key (`score` is their mean)."""
+        return judge.judge(images, [data.parse_caption(text) for text in texts])
+
 
 class TrainingSource:
     """The first `length` training examples of the generator for `seed`: (image, caption) by index."""
