@@ -36,14 +36,17 @@ class Sampler:
         latents = []
         batches = range(0, len(indices), self.batch_size)
         bar = tqdm(total=len(batches) * self.steps, desc="baseline", unit="step", disable=not progress)
-        step_end = (lambda pipe, step, timestep, kwargs: bar.update() or kwargs) if progress else None
+
+        def step_end(pipe, step, timestep, kwargs):
+            bar.update()
+            return kwargs
         for start in batches:
             batch = indices[start:start + self.batch_size]
             generators = [torch.Generator("cpu").manual_seed(self.seeds[i]) for i in batch]
             output = self.pipe(prompt_embeds=self.embeds[batch],
                                negative_prompt_embeds=None if self.negative is None else self.negative[batch],
                                num_inference_steps=self.steps, guidance_scale=self.guidance, generator=generators,
-                               output_type="latent", callback_on_step_end=step_end)
+                               output_type="latent", callback_on_step_end=step_end if progress else None)
             latents.append(output.images.cpu())
         bar.close()
         return torch.cat(latents)
