@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_SD = ROOT / "prunekit" / "assets" / "tiny-sd"
 PREFIX = "prunekit: error:"
 DEFAULT_TIMEOUT = 150  # seconds per command; every case here should answer in well under that on 2 CPU cores
-WARNING_RE = re.compile(r"\b\w*Warning\b|warnings\.warn|deprecat", re.IGNORECASE)
+WARNING_RE = re.compile(r"\b[A-Z]\w*Warning\b|warnings\.warn|[Dd]eprecat")  # a library's, not prunekit's own "warning:"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 CAPTURE: list = []  # the running test's capfd, for the in-process runner
