@@ -13,7 +13,8 @@ twice the larger of the two sds. Each objective's prediction (its loss: the addi
 8 prompts, the recoverable loss after the first rung) is correlated with the quality after retraining
 (Spearman, over every candidate; lower loss should mean higher quality). The recoverable search's cost is its
 KD steps and wall time against one distillation of the recipe. Everything finished is kept in --work: a rerun
-measures only what is missing. Writes into --out: results.csv, table.md, plot.png.
+measures only what is missing. Writes into --out: results.csv, table.md, plot.png; and every candidate into the
+sweep's comparison.csv (prunekit.comparison), so `prunekit report WORK/sweep` sets them side by side.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import matplotlib  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from prunekit import comparison  # noqa: E402
 from prunekit.distill import DistillOptions, checkpoints, distill  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
 from prunekit.graph import all_units  # noqa: E402
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sensitivity(model, str(run.path), granularity="pair", num_prompts=args.sweep_prompts, progress=False)
     sensitivity(model, str(run.path), granularity="stage", num_prompts=args.sweep_prompts, progress=False)
 
-    rows, timings, cost_rows = [], [], []
+    rows, timings, cost_rows, compared = [], [], [], []
     for preset in args.presets.split(","):
         budget = budget_of(model, preset)
         work = args.work / preset
@@ -274,6 +276,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                          "macs_fraction": made.predicted["macs_fraction"], "remove": candidate["remove"],
                          "scores": scores, **{f"pred_{k}": v for k, v in predictions(model, run, candidate["remove"],
                                                                                       args).items()}})
+            compared.append(comparison.row(budget, candidate["method"], made,
+                                           [{key: score[key] for key in QUALITY} for score in scores]))
+            comparison.write(run.comparison_path, compared)
             print(rows[-1]["preset"], rows[-1]["method"], scores, flush=True)
             if "recoverable" in candidate["method"]:
                 cost_rows.append({"preset": preset, "kd_steps": candidate.get("kd_steps"),

@@ -76,18 +76,15 @@ def _preset(args) -> None:
 def _distill(args) -> None:
     from accelerate import PartialState
 
-    from prunekit.distill import DistillOptions, distill
-    from prunekit.evaluate import headline
+    from prunekit.distill import DistillOptions, describe, distill
     from prunekit.options import from_namespace
 
     summary = distill(args.plan, args.data, args.out, args.teacher, from_namespace(DistillOptions, args))
     if not PartialState().is_main_process:  # under `accelerate launch`, one process reports
         return
     print(f"distilled {summary['steps']} steps in {summary['seconds']:.0f}s -> {summary['student']}")
-    for name, result in (summary["eval"] or {}).items():
-        if name != "settings":
-            scores = "  ".join(f"{key} {value:.3f}" for key, value in headline(result).items())
-            print(f"  {name:>17}  {scores}")
+    for line in describe(summary["eval"]):
+        print(f"  {line}")
 
 
 def _eval(args) -> None:
@@ -115,7 +112,9 @@ def _report(args) -> None:
 def _demo(args) -> None:
     from prunekit.demo import DemoSettings, demo
 
-    demo(args.out, DemoSettings(num_prompts=args.num_prompts, distill_steps=args.distill_steps))
+    from prunekit.options import from_namespace
+
+    demo(args.out, from_namespace(DemoSettings, args))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,7 +176,8 @@ def _plan_parser(commands) -> None:
                       help="BK-SDM's plans, defined by topology")
     what.add_argument("--budget", metavar="BOUNDS",
                       help="the student keeps at most these fractions of the teacher's costs, each bound met: "
-                           "params=0.6,macs=0.65 or latency=0.7 (timed on --device); a bare F bounds --metric")
+                           "params=0.6,macs=0.65 or latency=0.7 (timed on --device); a bare F bounds --metric; a "
+                           "preset's name (bk-small) bounds params and MACs at that preset's own")
     plan.add_argument("--metric", choices=("params", "macs", "latency"), default="params",
                       help="what a bare-number --budget bounds (default params)")
     plan.add_argument("--sensitivity", metavar="RUN", help="a sensitivity run directory (runs/NAME): the additive "
@@ -205,9 +205,11 @@ def _plan_parser(commands) -> None:
                       help="Optuna: finished trials the study should hold (default 200); rerunning resumes")
     plan.add_argument("--storage", metavar="URL",
                       help="Optuna: the study's RDB URL (default sqlite:///RUN/optuna.db, else in memory); "
-                           "optuna-dashboard opens it")
+                           "`optuna-dashboard URL` shows its trials")
     plan.add_argument("--pareto", action="store_true",
-                      help="Optuna: NSGA-II over cost and loss; writes pareto.csv beside the plan")
+                      help="Optuna: minimise cost and loss together (NSGA-II; a space of no more plans than "
+                           "--trials is enumerated instead, and the summary says so); writes pareto.csv beside "
+                           "the plan")
     plan.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     plan.add_argument("--device", help="where --metric latency is timed: " + DEVICE_HELP)
     plan.add_argument("-o", "--out", "--output", dest="out",
@@ -280,6 +282,8 @@ def _eval_parser(commands) -> None:
     evaluate.add_argument("--device", help=DEVICE_HELP)
     evaluate.add_argument("--clip-model", help="CLIP model of the CLIP score (default: the model card's, else the "
                                                "prompts' world's, else openai/clip-vit-large-patch14)")
+    evaluate.add_argument("--images", metavar="DIR", help="save the images (DIR/i.png) and their prompts "
+                                                          "(DIR/prompts.json) to look at")
     evaluate.add_argument("--format", choices=("table", "json"), default="table")
     evaluate.set_defaults(run=_eval)
 
@@ -315,11 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     demo = commands.add_parser("demo", help="the whole loop on the bundled tiny-sd, offline",
-                               description="inspect -> sensitivity -> plan -> distill -> evaluation -> report, on "
-                                           "the bundled tiny-sd, offline (about 5 minutes on 2 CPU cores). "
-                                           "Rerunning resumes.")
+                               description="inspect -> sensitivity -> plan -> distill -> evaluation -> the "
+                                           "preset distilled the same way -> report, on the bundled tiny-sd, "
+                                           "offline (about DEMO_MINUTES minutes on 2 CPU cores). Rerunning resumes.")
     demo.add_argument("--out", default="runs/demo", help="the run directory (default runs/demo)")
     demo.add_argument("--num-prompts", type=int, default=16, help="prompts of the sensitivity sweep (default 16)")
+    demo.add_argument("--budget", default="bk-small", metavar="BOUNDS",
+                      help="the plan's budget, as for `plan` (default bk-small: that preset's own parameters and MACs)")
+    demo.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                      help="also distil the preset the budget names, the same way, and compare (default on)")
     demo.add_argument("--distill-steps", type=int, default=600, help="distillation steps (default 600)")
     demo.set_defaults(run=_demo)
     return parser

@@ -18,6 +18,17 @@ from torch.utils.flop_counter import FlopCounterMode
 DEFAULT_TOKENS = 77
 
 
+def scale(largest: float) -> tuple[float, str]:
+    """The divisor and suffix (G, M, k or none) that suit counts up to `largest`."""
+    return next(((d, s) for d, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if largest >= d), (1.0, ""))
+
+
+def human(value: float) -> str:
+    """A parameter or MAC count with a suffix that suits it: 859.52M, 338.83G, 10.73M, 512."""
+    divisor, suffix = scale(value)
+    return f"{value / divisor:,.2f}{suffix}" if suffix else f"{value:,.0f}"
+
+
 def example_inputs(config: dict, batch: int = 1, tokens: int = DEFAULT_TOKENS, device="meta") -> dict:
     """Inputs for one U-Net step of `config` at its sample size: latents, a timestep, text states."""
     size = int(config.get("sample_size") or 64)

@@ -1,19 +1,23 @@
 """`prunekit demo`: the whole loop on the bundled tiny-sd, offline, in one run directory.
 
-inspect -> sensitivity (pair granularity, a few prompts) -> plan (for speed: at most 60% of the parameters and
-of the MACs) -> distill (prunekit.distill.RECOVERY, the recipe that recovers the teacher) with its evaluation ->
-report. Every stage is the same API call the CLI makes, so a demo run directory is an
-ordinary run directory: rerunning the demo resumes each stage (finished sensitivity units and distillation
-checkpoints are kept).
+inspect -> sensitivity (pair granularity, a few prompts) -> plan (at BK-SDM's bk-small's own parameters and
+MACs) -> distill (prunekit.distill.RECOVERY, the recipe that recovers the teacher) with its evaluation -> the
+bk-small preset distilled the same way (RUN/compare/bk-small), both written to comparison.csv -> report, whose
+verdict sets the plan's student against the teacher and the preset. Every stage is the same API call the CLI
+makes, so a demo run directory is an ordinary run directory: rerunning the demo resumes each stage (finished
+sensitivity units and distillation checkpoints are kept).
 """
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prunekit.distill import RECOVERY
+from prunekit.errors import PrunekitError
 from prunekit.options import check_count, check_output_dir
+from prunekit.plan import PRESETS
 from prunekit.planner.budget import Budget
 
 MODEL = "tiny-sd"
@@ -26,7 +30,8 @@ class DemoSettings:
 
     num_prompts: int = 16
     steps: int = 25
-    budget: str = "params=0.6,macs=0.6"  # for speed: MACs bounded as well as parameters
+    budget: str = "bk-small"  # a preset's own parameters and MACs: for speed, and against that preset
+    compare: bool = True  # distil the budget's preset too, the same way, and compare
     distill_steps: int = RECOVERY.steps
     eval_num_prompts: int = 32
     seed: int = 0
@@ -35,63 +40,104 @@ class DemoSettings:
         for name in ("num_prompts", "steps", "distill_steps", "eval_num_prompts"):
             check_count(name, getattr(self, name))
         check_count("seed", self.seed, minimum=0)
-        Budget.parse(self.budget)
+        if self.budget not in PRESETS:
+            Budget.parse(self.budget)
+            if self.compare:
+                raise PrunekitError(f"the demo compares with the preset its budget names, and {self.budget} names "
+                                    f"none: give one of {', '.join(PRESETS)}, or turn the comparison off.")
+
+    @property
+    def stages(self) -> int:
+        return 5 + self.compare
+
+    def recipe(self, resume: bool):
+        """The distillation of every student of the demo."""
+        return replace(RECOVERY, steps=self.distill_steps, warmup=min(RECOVERY.warmup, self.distill_steps // 4),
+                       seed=self.seed, checkpoint_every=max(1, self.distill_steps // 4), resume=resume,
+                       eval_num_prompts=self.eval_num_prompts, eval_steps=self.steps)
 
 
-def _stage(number: int, title: str) -> float:
-    print(f"\n== {number}/5 {title}", flush=True)
-    return time.perf_counter()
+class _Stages:
+    """The demo's numbered stage headings and their durations."""
+
+    def __init__(self, total: int):
+        self.total, self.number, self.began = total, 0, time.perf_counter()
+
+    @contextmanager
+    def stage(self, title: str):
+        self.number += 1
+        print(f"\n== {self.number}/{self.total} {title}", flush=True)
+        started = time.perf_counter()
+        yield
+        print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    def minutes(self) -> float:
+        return (time.perf_counter() - self.began) / 60
 
 
-def _done(started: float) -> None:
-    print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
+def _distill(plan_path: Path, out: Path, settings: DemoSettings, progress: bool) -> dict:
+    """Distil the student of `plan_path` into `out` by the demo's recipe (resuming its checkpoints), printing its
+    evaluation; returns the evaluation."""
+    from prunekit.distill import checkpoints, describe, distill
+
+    recipe = replace(settings.recipe(bool(checkpoints.complete(out / "checkpoints"))), progress=progress)
+    evaluation = distill(plan_path, out=out, options=recipe)["eval"] or {}
+    for line in describe(evaluation):
+        print(f"   {line}")
+    return evaluation
 
 
 def demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(), progress: bool = True) -> Path:
     """Run the whole loop on tiny-sd into `out`; returns the report's path."""
-    from prunekit.distill import checkpoints, distill
+    from prunekit import comparison
+    from prunekit.distill import final_student
     from prunekit.evaluate import headline
     from prunekit.inspect import inspect_model, render
+    from prunekit.models import resolve_model
+    from prunekit.plan import make_preset
     from prunekit.planner import plan, summary
     from prunekit.report import build_report
     from prunekit.rundir import RunDir
     from prunekit.sensitivity import sensitivity
 
     out = check_output_dir(out, "demo's run directory")
-    began = time.perf_counter()
-    started = _stage(1, f"inspect {MODEL}: the U-Net as removable units")
-    print(render(inspect_model(MODEL, "pair")))
-    _done(started)
-
-    started = _stage(2, f"sensitivity: remove each unit alone, generate {settings.num_prompts} prompts, score")
-    table = sensitivity(MODEL, str(out), granularity="pair", num_prompts=settings.num_prompts, steps=settings.steps,
-                        seed=settings.seed, progress=progress)
-    ranked = table.sort_values("sensitivity")
-    print(f"   least harmful to remove: {', '.join(ranked['unit'].head(4))}")
-    print(f"   most harmful to remove:  {', '.join(ranked['unit'].tail(4)[::-1])}")
-    _done(started)
-
-    started = _stage(3, f"plan: the least-loss student within {settings.budget} of the teacher's costs")
-    student_plan = plan(MODEL, budget=settings.budget, sensitivity=str(out), method="greedy", seed=settings.seed,
-                        force=True, progress=progress)  # a rerun makes the same plan again
-    print(summary(student_plan))
-    _done(started)
-
-    started = _stage(4, f"distill: retrain the student for {settings.distill_steps} steps (task + output KD + "
-                        "feature KD, the recovery recipe)")
     run = RunDir(out)
-    recipe = replace(RECOVERY, steps=settings.distill_steps, warmup=min(RECOVERY.warmup, settings.distill_steps // 4),
-                     seed=settings.seed, checkpoint_every=max(1, settings.distill_steps // 4),
-                     resume=bool(checkpoints.complete(run.distill / "checkpoints")),
-                     eval_num_prompts=settings.eval_num_prompts, eval_steps=settings.steps, progress=progress)
-    result = distill(run.plan_path, out=run.distill, options=recipe)
-    for name, scores in (result.get("eval") or {}).items():
-        if name != "settings":
-            print(f"   {name:>15}: " + ", ".join(f"{key} {value:.3f}" for key, value in headline(scores).items()))
-    _done(started)
+    stages = _Stages(settings.stages)
+    with stages.stage(f"inspect {MODEL}: the U-Net as removable units"):
+        print(render(inspect_model(MODEL, "pair")))
 
-    started = _stage(5, "report")
-    report = build_report(out)
-    _done(started)
-    print(f"\nThe whole loop took {(time.perf_counter() - began) / 60:.1f} min. Open the report in a browser:\n  {report}")
+    with stages.stage(f"sensitivity: remove each unit alone, generate {settings.num_prompts} prompts, score"):
+        table = sensitivity(MODEL, str(out), granularity="pair", num_prompts=settings.num_prompts,
+                            steps=settings.steps, seed=settings.seed, progress=progress)
+        ranked = table.sort_values("sensitivity")
+        print(f"   least harmful to remove: {', '.join(ranked['unit'].head(4))}")
+        print(f"   most harmful to remove:  {', '.join(ranked['unit'].tail(4)[::-1])}")
+
+    cost = f"{settings.budget}'s own parameters and MACs" if settings.budget in PRESETS else settings.budget
+    with stages.stage(f"plan: the least-loss student within {cost}"):
+        student_plan = plan(MODEL, budget=settings.budget, sensitivity=str(out), method="greedy", seed=settings.seed,
+                            force=True, progress=progress)  # a rerun makes the same plan again
+        print(summary(student_plan))
+
+    with stages.stage(f"distill: retrain the student for {settings.distill_steps} steps (task + output KD + "
+                      "feature KD, the recovery recipe)"):
+        mine = _distill(run.plan_path, run.distill, settings, progress)
+
+    if settings.compare:
+        preset = run.compare / settings.budget
+        with stages.stage(f"compare: retrain BK-SDM's {settings.budget} the same way"):
+            model = resolve_model(MODEL)
+            preset_plan = make_preset(settings.budget, MODEL, model.config)
+            preset_plan.save(preset / "plan.json")
+            theirs = _distill(preset / "plan.json", preset / "distill", settings, progress)
+            budget = Budget.parse(student_plan.budget)
+            rows = [comparison.row(budget, name, made, [headline(evaluation[final_student(evaluation)])])
+                    for name, made, evaluation in ((f"prunekit ({student_plan.method})", student_plan, mine),
+                                                   (settings.budget, preset_plan, theirs)) if evaluation]
+            if rows:
+                comparison.write(run.comparison_path, rows)
+
+    with stages.stage("report"):
+        report = build_report(out)
+    print(f"\nThe whole loop took {stages.minutes():.1f} min. Open the report in a browser:\n  {report}")
     return report

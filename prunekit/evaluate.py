@@ -6,14 +6,17 @@ ratio of the two (prunekit.worlds).
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from prunekit import worlds
 from prunekit.generate import generate, image_seeds
 from prunekit.metrics import choose_clip, clip_score, clip_score_metric
 from prunekit.models import Model, resolve_model
-from prunekit.options import check_count, check_number, merged, resolve_device
+from prunekit.options import check_count, check_number, check_output_dir, merged, resolve_device
+from prunekit.rundir import save_images, write_atomically
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,16 @@ class EvalOptions:
     batch_size: int = 32
     device: str | None = None
     clip_model: str | None = None
+    images: str | None = None  # a folder for the images (i.png) and their prompts (prompts.json)
+    num_images: int | None = None  # how many of them to save (None: all)
     progress: bool = True
 
     def __post_init__(self):
         for name in ("num_prompts", "steps", "batch_size"):
             check_count(name, getattr(self, name))
+        check_count("num_images", self.num_images, optional=True)
+        if self.images is not None:
+            check_output_dir(self.images, "images")
         check_count("seed", self.seed, minimum=0)
         check_number("guidance", self.guidance, minimum=1, optional=True)
 
@@ -50,6 +58,8 @@ def evaluate(model: str | Model, options: EvalOptions | None = None, pipeline=No
             results do not depend on `batch_size` (nor, up to floating point, on the device).
             steps, guidance: sampling steps of the pipeline's own scheduler and the classifier-free guidance scale.
             clip_model: the CLIP model of the CLIP score (prunekit.metrics.choose_clip by default).
+            images, num_images: save the first `num_images` images (all by default) as `images`/i.png, with
+            their prompts in `images`/prompts.json: the same seeds give the same images for any model.
         pipeline: sample this loaded pipeline instead of the model's own (a student built from the model's parts).
 
     Returns:
@@ -73,6 +83,10 @@ def evaluate(model: str | Model, options: EvalOptions | None = None, pipeline=No
     images = generate(pipe, texts, image_seeds(options.seed, len(texts)), options.steps, guidance,
                       options.batch_size, options.progress)
     seconds_per_image = (time.perf_counter() - started) / len(texts)
+    if options.images is not None:
+        kept = len(texts) if options.num_images is None else options.num_images
+        save_images(Path(options.images), images[:kept])
+        write_atomically(Path(options.images) / "prompts.json", json.dumps(texts[:kept], indent=1) + "\n")
 
     # CLIP scores in the metric's own fixed batches, so that no number depends on `batch_size`
     result = {"clip_score": clip_score(images, texts, metric)}
@@ -87,11 +101,11 @@ def evaluate(model: str | Model, options: EvalOptions | None = None, pipeline=No
             "seconds_per_image": seconds_per_image, "prompts": str(source), "clip_model": str(clip_model)}
 
 
-
 def headline(result: dict) -> dict[str, float]:
-    """An evaluation's CLIP score and its judge's headline number (shapes: attribute accuracy, all four)."""
-    numbers = {"clip_score": result["clip_score"]}
+    """An evaluation's quality in the numbers that judge a student: its judge's headline (shapes: `attr_all`,
+    all four attributes right), named as the sweep's columns are, then the CLIP score."""
+    numbers = {}
     for judge in worlds.judges().values():
         if judge.result in result:
-            numbers[f"{judge.result} ({judge.headline})"] = result[judge.result][judge.headline]
-    return numbers
+            numbers[f"{judge.prefix}{judge.headline}"] = result[judge.result][judge.headline]
+    return {**numbers, "clip_score": result["clip_score"]}

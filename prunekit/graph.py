@@ -2,7 +2,9 @@
 
 Names follow DESIGN.md: `down{s}.res{i}`, `down{s}.attn{i}`, `down{s}.pair{i}`, `down{s}.downsample`,
 `mid`, `mid.res{i}`, `mid.attn0`, `up{s}.…`, `stage{k}` (k-th innermost level), and `{attn}.t{k}` for the
-transformer layers of an attention that holds more than one.
+transformer layers of an attention that holds more than one. Down and up stages are numbered in the order the
+U-Net runs them (down0 and the last up stage are outermost); `stage{k}` from the innermost; `depth` says how
+deep any of them lies.
 """
 from __future__ import annotations
 
@@ -168,6 +170,17 @@ def _add_attention(b: _Builder, name: str, stage: str, path: str, attention, cha
         for k in range(depth):
             b.add(f"{name}.t{k}", "transformer", stage, [f"{path}.transformer_blocks.{k}"],
                   channels, channels, resolution, parent=name)
+
+
+def depth(stage: str, levels: int) -> int:
+    """How many levels in from the U-Net's input and output stage `stage` lies, for a U-Net of `levels` down
+    blocks: 0 for down0 and up{levels-1} (outermost), levels - 1 for the innermost down and up stages, levels
+    for mid; stage{k} holds the level levels - 1 - k."""
+    kind, number = stage.rstrip("0123456789"), stage[len(stage.rstrip("0123456789")):]
+    if kind == "mid":
+        return levels
+    index = int(number)
+    return {"down": index, "up": levels - 1 - index, "stage": levels - 1 - index}[kind]
 
 
 def _stage_units(b: _Builder, unet, sizes) -> None:

@@ -4,9 +4,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from prunekit.costs import Costs, unet_costs
-from prunekit.graph import Unit, enumerate_units, top_level
+from prunekit.costs import Costs, human, unet_costs
+from prunekit.graph import Unit, depth, enumerate_units, top_level
 from prunekit.models import unet_config
+
+FOOTNOTE = ("MACs count convolutions and linears as torch-pruning does (BK-SDM's figures; biases and norms "
+            "included); MACs+attn is torch's FLOP counter halved, which adds the attention matmuls but leaves out "
+            "biases and norms, so a unit without attention shows a little less. depth: levels in from the "
+            "input and output (0: down0 and the last up stage; {levels}: mid); stage{{k}} is the k-th level from "
+            "the innermost.")
 
 
 @dataclass(frozen=True)
@@ -17,10 +23,11 @@ class Inspection:
     granularity: str
     units: list[Unit]
     total: Costs
+    levels: int  # down blocks of the U-Net
 
     def rows(self) -> list[dict]:
         return [
-            {"unit": u.name, "kind": u.kind, "stage": u.stage, "params": u.params,
+            {"unit": u.name, "kind": u.kind, "stage": u.stage, "depth": depth(u.stage, self.levels), "params": u.params,
              "params_pct": 100 * u.params / self.total.params, "macs": u.macs, "full_macs": u.full_macs,
              "channels": f"{u.channels_in}->{u.channels_out}" + (f" (+{u.skip_channels} skip)" if u.skip_channels else ""),
              "resolution": u.resolution, "parent": u.parent or ""}
@@ -37,15 +44,8 @@ class Inspection:
 def inspect_model(model: str, granularity: str = "block") -> Inspection:
     """The units of `model`'s U-Net at `granularity`, counted on the meta device (no weights needed)."""
     config = unet_config(model)
-    return Inspection(model, granularity, enumerate_units(config, granularity), unet_costs(config))
-
-
-def _giga(value: float) -> str:
-    return f"{value / 1e9:.2f}G"
-
-
-def _millions(value: float) -> str:
-    return f"{value / 1e6:.2f}M"
+    return Inspection(model, granularity, enumerate_units(config, granularity), unet_costs(config),
+                      len(config["down_block_types"]))
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]], formats: dict | None = None) -> str:
@@ -69,15 +69,15 @@ def render(inspection: Inspection, fmt: str = "table") -> str:
         import pandas as pd
 
         return pd.DataFrame(rows).to_csv(index=False).rstrip("\n")
-    columns = [("unit", "unit"), ("kind", "kind"), ("params", "params"), ("params_pct", "% params"),
+    columns = [("unit", "unit"), ("kind", "kind"), ("depth", "depth"), ("params", "params"), ("params_pct", "% params"),
                ("macs", "MACs"), ("full_macs", "MACs+attn"), ("channels", "channels"), ("resolution", "res")]
-    formats = {"params": _millions, "macs": _giga, "full_macs": _giga, "params_pct": lambda v: f"{v:.2f}"}
+    formats = {"params": human, "macs": human, "full_macs": human, "params_pct": lambda v: f"{v:.2f}"}
     summary = inspection.summary()
     total = inspection.total
     footer = (
         f"{inspection.model}: {summary['units']} units at {inspection.granularity} granularity; U-Net "
-        f"{total.params:,} params, {_giga(total.macs)} MACs per step ({_giga(total.full_macs)} with attention); "
+        f"{total.params:,} params, {human(total.macs)} MACs per step ({human(total.full_macs)} with attention); "
         f"top-level units hold {summary['removable_params'] / total.params:.1%} of params, "
         f"{summary['removable_macs'] / total.macs:.1%} of MACs."
     )
-    return format_table(rows, columns, formats) + "\n\n" + footer
+    return "\n\n".join([format_table(rows, columns, formats), footer, FOOTNOTE.format(levels=inspection.levels)])

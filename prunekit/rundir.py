@@ -35,6 +35,8 @@ PARETO = "pareto.csv"
 STUDY = "optuna.db"  # the planner's Optuna study
 PLANNER_CACHE = "planner_cache.db"  # measured losses and latencies of planner candidates
 DISTILL = "distill"  # the demo's distillation (`prunekit distill --out RUN/distill`)
+COMPARE = "compare"  # other students retrained the same way, one folder each (the demo's preset: compare/bk-small)
+COMPARISON = "comparison.csv"  # the students after equal retraining (prunekit.comparison)
 REPORT = "report.html"
 LOCK = ".lock"
 THUMBNAIL = 128  # pixels, the longer side of a saved image at most
@@ -185,8 +187,9 @@ class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         (self.record_path, self.table_path, self.plan_path, self.pareto_path, self.study_path, self.cache_path,
-         self.images, self.distill, self.lock_path) = (self.path / name for name in (
-            RUN_JSON, TABLE, PLAN, PARETO, STUDY, PLANNER_CACHE, IMAGES, DISTILL, LOCK))
+         self.images, self.distill, self.compare, self.comparison_path, self.lock_path) = (
+            self.path / name for name in (RUN_JSON, TABLE, PLAN, PARETO, STUDY, PLANNER_CACHE, IMAGES, DISTILL,
+                                          COMPARE, COMPARISON, LOCK))
 
     # -- run.json -------------------------------------------------------------------------------------------
     def record(self) -> RunRecord | None:
@@ -308,9 +311,14 @@ class RunDir:
 
     def save_images(self, folder: str, images: list[Image.Image]) -> None:
         """`images` as images/`folder`/{i}.png, shrunk to at most THUMBNAIL pixels a side."""
-        where = self.images / folder
-        where.mkdir(parents=True, exist_ok=True)
-        for index, image in enumerate(images):
+        save_images(self.images / folder, images, THUMBNAIL)
+
+
+def save_images(where: Path, images: list[Image.Image], size: int | None = None) -> None:
+    """`images` as `where`/{i}.png (the folder made if need be), shrunk to at most `size` pixels a side if given."""
+    where.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        if size is not None:
             image = image.copy()
-            image.thumbnail((THUMBNAIL, THUMBNAIL))
-            image.save(where / f"{index}.png")
+            image.thumbnail((size, size))
+        image.save(where / f"{index}.png")

@@ -301,7 +301,11 @@ def test_distill_writes_a_plain_diffusers_student(tmp_path, teacher_dir, plans, 
         student.unet.config.block_out_channels
 
     evaluation = json.loads((out / "eval.json").read_text())
-    assert list(evaluation) == ["teacher", "student_before", "student_after", "student_after_ema", "settings"]
+    assert list(evaluation) == ["latency", "teacher", "student_before", "student_after", "student_after_ema",
+                                "settings"]
+    latency = evaluation["latency"]
+    assert latency["device"] == "cpu" and latency["teacher_ms"] > 0 and latency["student_ms"] > 0
+    assert latency["speedup"] == pytest.approx(latency["teacher_ms"] / latency["student_ms"])
     assert {"attribute_accuracy", "clip_score"} <= set(evaluation["student_after"])
     assert evaluation["settings"]["num_prompts"] == 2
     # teacher and students are sampled at the teacher's guidance, and the saved student keeps it

@@ -1,16 +1,13 @@
-"""`prunekit report`: sections follow the run directory's files, user strings are escaped, the page needs
-no network, and a real headless Chromium renders it without console errors (tests at the end)."""
-import base64
+"""`prunekit report`: sections follow the run directory's files, the verdict comes first and flags a student
+that lost quality, user strings are escaped, the page needs no network, and a real headless Chromium renders
+it without console errors and readably at desktop and phone width (tests at the end)."""
 import csv
-import fcntl
+import io
 import json
 import os
 import random
 import re
-import select
-import shutil
-import subprocess
-import time
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from prunekit.errors import PrunekitError
 from prunekit.graph import Removed, Unit, all_units, enumerate_units
 from prunekit.models import fingerprint, unet_config
 from prunekit.plan import make_plan, preset_remove
-from prunekit.report import build_report
+from prunekit.report import browser, build_report
 
 TINY = {
     "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -30,8 +27,9 @@ TINY = {
 }
 EVIL = "<script>alert(1)</script>"
 PROMPTS = [EVIL, "a red circle at the top left", "a small blue square", "a green triangle & a \"quote\""]
-PARTS = ("run", "sensitivity", "images", "plan", "pareto", "logs", "eval")
-ALL_SECTIONS = {"run", "costs", "sensitivity", "images", "units", "plan", "pareto", "distill"}
+PARTS = ("run", "sensitivity", "images", "plan", "pareto", "logs", "eval", "compare")
+ALL_SECTIONS = {"students", "comparison", "costs", "sensitivity", "images", "units", "plan", "pareto", "distill", "run"}
+STUDENT_FOLDERS = ("teacher", "student_before", "student_after", "student_after_ema")
 
 
 def _csv(path: Path, rows: list[dict]) -> None:
@@ -86,7 +84,7 @@ def write_run(root: Path, parts=PARTS, model=None) -> Path:
             for k, unit in enumerate(units[:6]):
                 _png(run / "images" / "units" / unit.name / f"{i}.png", 100 * k + i)
     if "plan" in parts:
-        make_plan(model, config, preset_remove("bk-small", config), "optuna", {"metric": "params", "fraction": 0.6},
+        make_plan(model, config, preset_remove("bk-small", config), "optuna", {"params": 0.6},
                   loss=1.25).save(run / "plan.json")
     if "pareto" in parts:
         names = [u.name for u in units if u.stage != "down0"]
@@ -106,12 +104,36 @@ def write_run(root: Path, parts=PARTS, model=None) -> Path:
              "loss_out": 0.6 / (1 + s / 25), "loss_feat": 0.4 / (1 + s / 15), "lr": 1e-4 * min(1, s / 20),
              "seconds": round(0.5 * s, 1)} for s in range(1, 201)])
     if "eval" in parts:
-        (run / "distill").mkdir(exist_ok=True)
-        (run / "distill" / "eval.json").write_text(json.dumps({
-            "teacher": {"clip_score": 27.5, "attr": {"color": 0.9, "shape": 0.8}},
-            "student_before": {"clip_score": 21.0, "attr": {"color": 0.4, "shape": 0.3}},
-            "student_after": {"clip_score": 26.2, "attr": {"color": 0.85, "shape": 0.7}}}))
+        write_eval(run / "distill", after=(26.2, 0.7))
+    if "compare" in parts:
+        write_eval(run / "compare" / "bk-base" / "distill", after=(25.0, 0.6))
+        plan_units = " ".join(preset_remove("bk-small", config))
+        _csv(run / "comparison.csv", [
+            {"budget": "params=0.6", "candidate": name, "params_fraction": kept, "macs_fraction": kept + 0.05,
+             "seeds": 3, "remove": remove, "attr_all_mean": attr, "attr_all_sd": 0.01, "clip_score_mean": clip,
+             "clip_score_sd": 0.2} for name, kept, remove, attr, clip in (
+                ("prunekit (optuna)", 0.58, plan_units, 0.7, 26.2),
+                ("bk-base", 0.6, " ".join(preset_remove("bk-base", config)), 0.6, 26.1))])
     return run
+
+
+def write_eval(folder: Path, after: tuple[float, float], seconds: float = 0.3) -> None:
+    """A distillation's eval.json (teacher, before, after, after with EMA, latency) and its images."""
+    def scores(clip, attr):
+        return {"attribute_accuracy": {"color": attr + 0.1, "all": attr}, "clip_score": clip,
+                "clip_score_real": 30.0, "seconds_per_image": seconds}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text(json.dumps({
+        "latency": {"device": "cpu", "timing": "eager", "dtype": "float32", "batch": 1, "teacher_ms": 10.0,
+                    "student_ms": 6.25, "speedup": 1.6},
+        "teacher": scores(27.5, 0.8), "student_before": scores(21.0, 0.04), "student_after": scores(*after),
+        "student_after_ema": scores(after[0] + 0.1, after[1]), "settings": {"num_prompts": 200}}))
+    for k, name in enumerate(STUDENT_FOLDERS):
+        (folder / "images" / name).mkdir(parents=True, exist_ok=True)
+        (folder / "images" / name / "prompts.json").write_text(json.dumps(PROMPTS[:3]))
+        for i in range(3):
+            _png(folder / "images" / name / f"{i}.png", 1000 + 10 * k + i)
 
 
 def sections(html: str) -> set[str]:
@@ -127,10 +149,42 @@ def test_a_full_run_shows_every_section(full_report):
     html = full_report.read_text()
     assert full_report.name == "report.html" and full_report.parent.name == "run"
     assert sections(html) == ALL_SECTIONS
-    assert html.count('<img src="data:image/png;base64,') == 3 + 3 + 7 * 4  # figures, 3 sensitivity charts, grid
+    # charts: 2 costs, 3 sensitivity, 2 pareto, 2 distillation; grids: 4 students x 3, 7 ablation rows x 4
+    assert html.count('<img src="data:image/png;base64,') == 2 + 3 + 2 + 2 + 4 * 3 + 7 * 4
     assert "bk-base, bk-small, bk-tiny are marked" in html
     assert "a fifth prompt" not in html and "1 more prompt(s)" in html
-    assert '<td class="num">26.2</td><td class="num">80%</td>' in html  # recovered (26.2 - 21) / (27.5 - 21)
+    assert '<td class="num">26.3</td><td class="num">96%</td>' in html  # the EMA student's share of the teacher's
+    assert html.index('id="verdict"') < html.index('<nav') < html.index('id="students"') < html.index('id="run"')
+
+
+def test_the_verdict_gives_costs_latency_and_quality_first(full_report):
+    verdict = unescape(full_report.read_text().split('id="verdict"')[1].split("</header>")[0])
+    assert 'class="verdict amber"' in full_report.read_text()  # attr_all 0.7 of 0.8: 87% of the teacher's
+    assert "lost part of the teacher's quality: attr_all 0.7 against the teacher's 0.8 (87%)" in verdict
+    assert "6.25 ms" in verdict and "1.60× faster than the teacher's 10 ms" in verdict
+    assert "optuna plan" in verdict and f"removes {len(preset_remove('bk-small', TINY))} units" in verdict
+    assert "<code>bk-base</code>" in verdict and "attr_all +0.1 (beats it)" in verdict
+    assert "clip_score +0.1 (tied: within 2 sd = 0.4)" in verdict
+
+
+@pytest.mark.parametrize("attr, colour", [(0.02, "red"), (0.79, "green")])
+def test_a_student_that_lost_quality_is_flagged(tmp_path, attr, colour):
+    run = write_run(tmp_path, ("run", "plan"))
+    write_eval(run / "distill", after=(27.5, attr))
+    page = build_report(run).read_text()
+    assert f'class="verdict {colour}"' in page
+    if colour == "red":
+        assert "The student lost most of the teacher's quality: attr_all 0.02 against the teacher's 0.8 (2%)" in \
+            unescape(page)
+
+
+def test_timings_get_no_share_and_a_constant_lr_no_chart(tmp_path):
+    run = write_run(tmp_path, ("run", "plan", "eval"))
+    _csv(run / "distill" / "logs.csv", [{"step": s, "loss": 1 / s, "lr": 5e-4} for s in range(1, 30)])
+    html = build_report(run).read_text()
+    timing = html.split("<td>seconds_per_image</td>")[1].split("</tr>")[0]
+    assert timing.endswith('<td class="num">—</td>') and "%" not in timing
+    assert html.count('against step"') == 1 and "learning rate (constant) <strong>0.0005</strong>" in html
 
 
 def test_user_strings_are_escaped(full_report):
@@ -176,7 +230,8 @@ def test_removal_state():
     (("plan",), {"costs", "units", "plan"}),
     (("pareto",), {"pareto"}),
     (("logs",), {"distill"}),
-    (("eval",), {"distill"}),
+    (("eval",), {"students", "distill"}),
+    (("compare",), {"comparison"}),
     (("run", "sensitivity", "images"), {"run", "costs", "sensitivity", "images", "units"}),
 ])
 def test_sections_follow_the_files(tmp_path, parts, expected):
@@ -225,110 +280,16 @@ def test_user_errors_say_what_to_do(tmp_path):
 
 # -- the real browser ---------------------------------------------------------------------------------------
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,2000", "--remote-debugging-pipe"]
-
-
 @pytest.fixture(scope="module")
 def chromium() -> str:
     """Debian's chromium; missing, the test fails in CI (CI=true) and is skipped elsewhere, saying why."""
-    found = shutil.which("chromium")
+    found = browser.executable()
     if found:
         return found
     message = "Chromium is missing: the real-browser test needs Debian's chromium (apt-get install chromium)"
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message + "; CI (CI=true) must install it (.ci/run does).")
     pytest.skip(message + "; skipped outside CI.")
-
-
-def _above_9(fd: int) -> int:
-    """`fd` moved to a number above 9, so that the browser's fds 3 and 4 cannot clash with it."""
-    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
-    os.close(fd)
-    return high
-
-
-class DevTools:
-    """Chromium driven through the DevTools protocol over --remote-debugging-pipe: JSON messages ending in
-    NUL, read by the browser on its fd 3 and written on its fd 4. Events are kept in `events`."""
-
-    def __init__(self, executable: str, profile: Path, log: Path, timeout: float = 90):
-        to_browser, self._to = map(_above_9, os.pipe())
-        self._from, from_browser = map(_above_9, os.pipe())
-        redirect = f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser} {to_browser}<&- {from_browser}>&-'
-        with log.open("wb") as stderr:
-            self.process = subprocess.Popen(["bash", "-c", redirect, executable, *CHROMIUM_FLAGS,
-                                             f"--user-data-dir={profile}", "about:blank"],
-                                            stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-                                            pass_fds=(to_browser, from_browser))
-        os.close(to_browser)
-        os.close(from_browser)
-        self.deadline = time.monotonic() + timeout
-        self.events, self._buffer, self._id = [], b"", 0
-
-    def _receive(self) -> dict:
-        while b"\0" not in self._buffer:
-            ready, _, _ = select.select([self._from], [], [], max(0.0, self.deadline - time.monotonic()))
-            if not ready:
-                raise TimeoutError("Chromium did not answer in time")
-            chunk = os.read(self._from, 1 << 20)
-            if not chunk:
-                raise RuntimeError("Chromium closed the DevTools pipe")
-            self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\0", 1)
-        message = json.loads(raw)
-        if "method" in message:
-            self.events.append(message)
-        return message
-
-    def send(self, method: str, session: str | None = None, **params) -> dict:
-        self._id += 1
-        message = {"id": self._id, "method": method, "params": params, **({"sessionId": session} if session else {})}
-        os.write(self._to, json.dumps(message).encode() + b"\0")
-        while True:
-            answer = self._receive()
-            if answer.get("id") == self._id:
-                if "error" in answer:
-                    raise RuntimeError(f"{method}: {answer['error']}")
-                return answer.get("result", {})
-
-    def wait_for(self, event: str) -> None:
-        while not any(e["method"] == event for e in self.events):
-            self._receive()
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close")
-        except (RuntimeError, TimeoutError, OSError):
-            pass
-        finally:
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            os.close(self._to)
-            os.close(self._from)
-
-    def problems(self) -> list[str]:
-        """Console errors, uncaught exceptions, dialogs, and requests that would need the network."""
-        found = []
-        for event in self.events:
-            method, params = event["method"], event.get("params", {})
-            if method == "Runtime.exceptionThrown":
-                details = params["exceptionDetails"]
-                found.append("uncaught: " + details.get("exception", {}).get("description", details.get("text", "")))
-            elif method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert", "warning"):
-                found.append(f"console.{params['type']}: " + " ".join(str(a.get("value", a.get("description")))
-                                                                     for a in params.get("args", [])))
-            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
-                found.append("log: " + params["entry"]["text"])
-            elif method == "Page.javascriptDialogOpening":
-                found.append("dialog: " + params.get("message", ""))
-            elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(("data:", "file:")):
-                found.append("network request: " + params["request"]["url"])
-        return found
 
 
 SORT_PROBE = """(() => {
@@ -343,44 +304,67 @@ SORT_PROBE = """(() => {
 })()"""
 
 
-def open_page(executable: str, page: Path, workdir: Path, probe: str) -> tuple[list[str], object, Image.Image]:
-    """Open `page` in headless Chromium at 1280x2000: what went wrong, the value of `probe` (a JS expression)
-    evaluated after load, and a screenshot (also saved as workdir/screenshot.png)."""
-    browser = DevTools(executable, workdir / "profile", workdir / "chromium.log")
-    try:
-        target = browser.send("Target.createTarget", url="about:blank")["targetId"]
-        session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            browser.send(f"{domain}.enable", session)
-        browser.send("Emulation.setDeviceMetricsOverride", session, width=1280, height=2000, deviceScaleFactor=1,
-                     mobile=False)
-        browser.send("Page.navigate", session, url=page.resolve().as_uri())
-        browser.wait_for("Page.loadEventFired")
-        value = browser.send("Runtime.evaluate", session, expression=probe, returnByValue=True)["result"].get("value")
-        shot = base64.b64decode(browser.send("Page.captureScreenshot", session, format="png")["data"])
-    finally:
-        browser.close()
-    (workdir / "screenshot.png").write_bytes(shot)
-    return browser.problems(), value, Image.open(workdir / "screenshot.png").convert("L")
+LAYOUT_PROBE = """(() => {
+  const width = document.documentElement.clientWidth;
+  const cramped = [], outside = [];
+  for (const el of document.querySelectorAll("th, td, dt, dd, p, h1, h2, h3, summary, a, code")) {
+    const text = el.textContent.trim();
+    if (text.length < 4 || el.getClientRects().length === 0) continue;  /* hidden, e.g. in a closed details */
+    const range = document.createRange();
+    range.selectNodeContents(el);
+    const lines = new Set([...range.getClientRects()].filter(r => r.width > 0).map(r => Math.round(r.top))).size;
+    if (lines >= 3 && text.length / lines < 4) cramped.push(text.slice(0, 40));
+  }
+  for (const el of document.querySelectorAll("header *, main *")) {
+    if (el.getBoundingClientRect().right > width + 1 && !el.closest(".table, .scroll, .wide")) {
+      outside.push(el.tagName.toLowerCase() + (el.className ? "." + el.className : ""));
+    }
+  }
+  return {overflow: document.documentElement.scrollWidth - width, cramped, outside: outside.slice(0, 8),
+          verdict: document.getElementById("verdict").getBoundingClientRect().top};
+})()"""
 
 
 def test_chromium_renders_the_report_without_errors(chromium, full_report, tmp_path):
-    problems, result, screenshot = open_page(chromium, full_report, tmp_path, SORT_PROBE)
-    assert problems == [], (tmp_path / "chromium.log").read_text()[-2000:]
+    page = browser.open_page(full_report, 1280, 2000, SORT_PROBE, log=tmp_path / "chromium.log")
+    assert page.problems == [], (tmp_path / "chromium.log").read_text()[-2000:]
+    result = page.value
     params = {u.name: u.params for u in enumerate_units(TINY, "pair")}
     assert params[result["ascending"]] == min(params.values())
     assert params[result["descending"]] == max(params.values())
     assert result["broken"] == 0 and set(result["sections"]) == ALL_SECTIONS
+    screenshot = Image.open(io.BytesIO(page.screenshot)).convert("L")
     assert screenshot.size == (1280, 2000)
-    assert ImageStat.Stat(screenshot).stddev[0] > 20, f"{tmp_path / 'screenshot.png'} looks blank"
+    assert ImageStat.Stat(screenshot).stddev[0] > 20, "the screenshot looks blank"
+
+
+@pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)], ids=["desktop", "phone"])
+def test_the_report_reads_at_desktop_and_phone_width(chromium, full_report, tmp_path, width, height):
+    page = browser.open_page(full_report, width, height, LAYOUT_PROBE, log=tmp_path / "chromium.log")
+    assert page.problems == []
+    layout = page.value
+    assert layout["overflow"] <= 0, f"the page scrolls sideways by {layout['overflow']} px"
+    assert layout["outside"] == [], "these stick out of the viewport outside a scrolling box"
+    assert layout["cramped"] == [], "these wrap a few letters per line"
+    assert 0 < layout["verdict"] < height / 2  # the verdict is on the first screen
+
+
+def test_the_layout_check_sees_a_cramped_page(chromium, tmp_path):
+    page = tmp_path / "cramped.html"
+    page.write_text('<!doctype html><meta name="viewport" content="width=device-width"><header id="verdict"></header>'
+                    '<main><table><tr><td style="width: 1px; word-break: break-all">attribute_accuracy</td>'
+                    '<td><div style="width: 900px">wide</div></td></tr></table></main>')
+    layout = browser.open_page(page, 390, 844, LAYOUT_PROBE).value
+    assert layout["cramped"] == ["attribute_accuracy"] and layout["overflow"] > 0 and "div" in layout["outside"]
 
 
 def test_the_browser_check_sees_errors(chromium, tmp_path):
     page = tmp_path / "broken.html"
     page.write_text('<!doctype html><title>broken</title><img src="https://example.invalid/x.png">'
                     '<script>console.error("logged"); missing();</script>')
-    problems, value, _ = open_page(chromium, page, tmp_path, "document.title")
-    assert value == "broken"
+    opened = browser.open_page(page, probe="document.title")
+    assert opened.value == "broken"
+    problems = opened.problems
     assert any(p.startswith("uncaught: ReferenceError: missing") for p in problems), problems
     assert "console.error: logged" in problems
     assert "network request: https://example.invalid/x.png" in problems

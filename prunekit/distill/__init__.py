@@ -6,8 +6,9 @@
 - `features`: forward hooks keyed by module path, and teacher/student stage matching;
 - `checkpoints`: where checkpoints live and what a resume must agree with;
 - `trainer`: the accelerate training loop (with a hook for the task target);
-- `api`: `DistillOptions` and `distill(plan, data, out, ...)`, what `prunekit distill` runs.
+- `api`: `DistillOptions` and `distill(plan, data, out, ...)`, what `prunekit distill` runs, `describe`, its
+  eval.json as terminal lines, and `final_student`, the entry that judges it.
 """
-from prunekit.distill.api import RECOVERY, DistillOptions, distill
+from prunekit.distill.api import RECOVERY, DistillOptions, describe, distill, final_student
 
-__all__ = ["RECOVERY", "DistillOptions", "distill"]
+__all__ = ["RECOVERY", "DistillOptions", "describe", "distill", "final_student"]

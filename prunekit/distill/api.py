@@ -4,15 +4,16 @@ Writes to `out`: logs.csv, tensorboard/, checkpoints/, cache/ (with cache_latent
 directory: the teacher's text encoder, tokenizer, VAE and scheduler with the student U-Net, its manifest
 prunekit_student.json and the teacher's card; a diffusers plan's student loads with plain
 StableDiffusionPipeline.from_pretrained, either kind with prunekit.students.load_student), student_ema/ (the
-EMA U-Net, with ema) and eval.json (the teacher, the student before and after training, scored by
-prunekit.evaluate).
+EMA U-Net, with ema), eval.json (the teacher, the student before and after training, scored by
+prunekit.evaluate, and the U-Net step latency of teacher and student) and images/ (each of those models' first
+EVAL_IMAGES evaluation images, from the same prompts and seeds).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,10 +30,12 @@ from prunekit.evaluate import EvalOptions, evaluate
 from prunekit.models import Model, resolve_model
 from prunekit.options import check_choice, check_count, check_number, check_output_dir, merged
 from prunekit.plan import Plan
+from prunekit.rundir import write_atomically
 from prunekit.students import write_manifest
 
 EVAL_KEYS = ("clip_score", "clip_score_real", "clip_score_ratio", "seconds_per_image")
 LR_SCHEDULES = ("constant", "cosine", "linear")
+EVAL_IMAGES = 4  # evaluation images kept per model, for the report's teacher / before / after grid
 
 
 @dataclass(frozen=True)
@@ -123,10 +126,10 @@ def _teacher(plan_path, teacher: str | Model | None) -> tuple[Plan, Model]:
     return plan, model
 
 
-def _evaluate(model: Model, pipe, options: EvalOptions) -> tuple[dict, dict]:
+def _evaluate(model: Model, pipe, options: EvalOptions, images: Path) -> tuple[dict, dict]:
     """The metrics of `pipe` sampled as `model`'s card says (for eval.json), and the settings they were measured
-    with."""
-    result = evaluate(model, options, pipeline=pipe)
+    with; its first images go to `images`."""
+    result = evaluate(model, replace(options, images=str(images), num_images=EVAL_IMAGES), pipeline=pipe)
     keys = [key for key in result if key in EVAL_KEYS or isinstance(result[key], dict)]
     return {key: result[key] for key in keys}, {key: value for key, value in result.items() if key not in keys}
 
@@ -149,16 +152,52 @@ class _Evaluation:
     """eval.json, filled as its entries are measured (a resumed run keeps the ones already there)."""
 
     def __init__(self, path: Path, enabled: bool, run):
-        self.path, self.enabled, self.run = path, enabled, run
+        self.path, self.enabled, self.run = path, enabled, run  # run(name, pipe) -> (metrics, settings)
         self.data = json.loads(path.read_text()) if enabled and path.is_file() else {}
 
     def add(self, name: str, pipe_factory) -> None:
         if not self.enabled or name in self.data:
             return
         self.data.pop("settings", None)
-        self.data[name], settings = self.run(pipe_factory())
+        self.data[name], settings = self.run(name, pipe_factory())
         self.data["settings"] = settings  # last: the measured entries first, in the order measured
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+        write_atomically(self.path, json.dumps(self.data, indent=2) + "\n")
+
+    def add_latency(self, plan: Plan, config: dict, device) -> None:
+        """The U-Net step latency of the teacher and of the plan's student on `device` (prunekit.planner.latency:
+        random weights, as latency does not depend on them)."""
+        if not self.enabled or "latency" in self.data:
+            return
+        from prunekit.planner.latency import LatencyMeter
+
+        meter = LatencyMeter(config, str(device))
+        timing = meter.describe()
+        student_ms = 1000 * meter.seconds(plan.remove, plan.kind)
+        self.data = {"latency": {**timing, "student_ms": student_ms, "speedup": timing["teacher_ms"] / student_ms},
+                     **self.data}
+        write_atomically(self.path, json.dumps(self.data, indent=2) + "\n")
+
+
+def final_student(evaluation: dict | None) -> str | None:
+    """eval.json's entry for the distillation's final student: the EMA weights' where they were kept (None before
+    any student was scored after training)."""
+    return next((name for name in ("student_after_ema", "student_after") if name in (evaluation or {})), None)
+
+
+def describe(evaluation: dict | None) -> list[str]:
+    """eval.json as lines for a terminal: each model's headline numbers, then the latency."""
+    from prunekit.evaluate import headline
+
+    lines = []
+    for name, result in (evaluation or {}).items():
+        if name not in ("settings", "latency"):
+            lines.append(f"{name:>17}  " + "  ".join(f"{key} {value:.3f}" for key, value in headline(result).items()))
+    latency = (evaluation or {}).get("latency")
+    if latency:
+        lines.append(f"{'U-Net step':>17}  teacher {latency['teacher_ms']:.2f} ms, student {latency['student_ms']:.2f} "
+                     f"ms: {latency['speedup']:.2f}x ({latency['device']}, {latency['timing']}, batch "
+                     f"{latency['batch']})")
+    return lines
 
 
 def _pipeline(teacher_pipe, unet):
@@ -278,9 +317,11 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
                           steps=options.eval_steps, device=str(accelerator.device),
                           clip_model=options.eval_clip_model, progress=False)
     # teacher and students are all sampled as the teacher's card says
-    evaluation = _Evaluation(out / "eval.json", enabled, lambda p: _evaluate(model, p, scoring))
+    evaluation = _Evaluation(out / "eval.json", enabled,
+                             lambda name, p: _evaluate(model, p, scoring, out / "images" / name))
     evaluation.add("teacher", lambda: pipe)
     evaluation.add("student_before", lambda: _pipeline(pipe, student))
+    evaluation.add_latency(plan_obj, model.config, accelerator.device)
     pipe.to("cpu")  # the evaluation ran on the device in float32; training places and casts what it needs
     accelerator.wait_for_everyone()
 

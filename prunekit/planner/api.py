@@ -8,6 +8,7 @@ costs and loss beside it, and a warning when it keeps far more of one cost than 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ PARETO_COLUMNS = ("params_fraction", "macs_fraction", "loss", "remove", "is_pres
 class PlanOptions:
     """What `plan` takes besides the model (see there); every value is checked here."""
 
-    budget: Budget | float | str | dict = 0.5  # a Budget, a bound on `metric`, or "params=0.6,macs=0.65"
+    budget: Budget | float | str | dict = 0.5  # a Budget, a bound on `metric`, "params=0.6,macs=0.65" or a preset
     metric: str = "params"  # what a bare-number budget bounds
     sensitivity: str | None = None  # the sensitivity run directory (runs/NAME)
     objective: str = "additive"
@@ -50,7 +51,8 @@ class PlanOptions:
 
     def __post_init__(self):
         check_choice("metric", self.metric, COSTS)
-        object.__setattr__(self, "budget", Budget.parse(self.budget, self.metric))
+        if self.budget not in PRESETS:  # a preset's budget is its cost on the model: made by `plan`
+            object.__setattr__(self, "budget", Budget.parse(self.budget, self.metric))
         for name, choices in (("objective", OBJECTIVES), ("method", METHODS), ("kind", KINDS)):
             check_choice(name, getattr(self, name), choices)
         if self.method != "optuna" and (self.pareto or self.storage):
@@ -119,6 +121,20 @@ def _study_name(options: PlanOptions, *keys) -> str:
     return f"plan-{options.kind}-{options.objective}-{goal}-seed{options.seed}-{digest}"
 
 
+def _loss_meaning(objective: str, run: RunDir | None) -> str:
+    """What the plan's predicted loss measures, in words (the plan records it; the report labels it)."""
+    from prunekit.planner.recoverable import MEANING
+    from prunekit.sensitivity.settings import explain
+
+    if objective == "recoverable":
+        return MEANING
+    record = run.record() if run is not None else None
+    rule = explain(record.sensitivity if record is not None else None)
+    if objective == "measured":
+        return f"{rule}, with the whole plan removed at once"
+    return f"the sum over the removed units of {rule}, each unit removed alone"
+
+
 def run_storage(run: RunDir):
     """The study's default home, runs/NAME/optuna.db: SQLite in WAL mode with normal syncing, since Optuna
     commits every sampled parameter and a disk sync per commit would make the search several times slower."""
@@ -182,7 +198,10 @@ def _objective(model: Model, options: PlanOptions, measure):
 
 
 def _optuna(plan_space, loss_of, costs, loss, options: PlanOptions, name: str):
-    """Search with Optuna: the best trial within the budget, the study, and how it was searched."""
+    """Search with Optuna: the best trial within the budget, the study, and how it was searched (`distinct`: the
+    plans scored, a trial that repeats one being pruned)."""
+    import optuna
+
     from prunekit.planner.search import best_trial, search
 
     metrics = options.budget.metrics
@@ -197,8 +216,9 @@ def _optuna(plan_space, loss_of, costs, loss, options: PlanOptions, name: str):
                    seed=options.seed, pareto=options.pareto, cheap=loss_of.cheap, progress=options.progress)
     best = best_trial(study, options.budget)
     where = options.storage or (str(run.study_path) if run is not None else "in memory")
-    info = {"sampler": type(study.sampler).__name__, "study": name, "storage": where,
-            "trials": len(study.trials), "space_size": searched.size(), "best_trial": best.number}
+    distinct = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    info = {"sampler": type(study.sampler).__name__, "study": name, "storage": where, "trials": len(study.trials),
+            "distinct": distinct, "space_size": searched.size(), "best_trial": best.number}
     return best, study, info
 
 
@@ -238,8 +258,10 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
     from prunekit.planner.search import front
 
     options = merged(PlanOptions, options, changes)
-    budget = options.budget
     model = resolve_model(model)
+    if not isinstance(options.budget, Budget):
+        options = dataclasses.replace(options, budget=Budget.of_preset(options.budget, model.config))
+    budget = options.budget
     check_output_file(options.output(), "plan", replace=options.force)  # never overwritten silently
     run = options.run
     if run is not None and not run.path.is_dir():
@@ -299,6 +321,7 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
         info["student"] = "the teacher with the removed units swapped for prunekit's stand-ins: load it with " \
                           "prunekit.students.load_student"
     info["presets"] = _presets(config, plan_space, loss_of, meter)
+    info["loss"] = _loss_meaning(options.objective, run)
     result.provenance.update(sensitivity_run=str(run.path) if run is not None else None, planner=info)
     path = result.save(options.output())
     if options.pareto:
@@ -334,6 +357,8 @@ def summary(result: Plan) -> str:
         lat = info["latency"]
         lines.append(f"  latency timed on {lat['device']} ({lat['timing']}, {lat['dtype']}, batch {lat['batch']}): "
                      f"teacher {lat['teacher_ms']:.2f} ms per step")
+    if "loss" in info:
+        lines.append(f"  loss: {info['loss']}")
     if "sampler" in info:
         how = "every plan of the space" if info["sampler"] == "BruteForceSampler" else f"{info['trials']} trials"
         lines.append(f"  Optuna {info['sampler']}: the best of {how} (space of {info['space_size']} plans), "

@@ -2,7 +2,8 @@
 
 `--budget params=0.6,macs=0.65` keeps at most 60% of the teacher's parameters and 65% of its MACs per step;
 `--budget latency=0.7` at most 70% of its step latency timed on `--device`; a bare number `--budget 0.5`
-bounds the `--metric` alone. A plan must satisfy every bound. The planner's methods see one number: the total
+bounds the `--metric` alone; a BK-SDM preset's name, `--budget bk-small`, bounds parameters and MACs at that
+preset's own (`of_preset`), so the plan competes with the preset at equal cost. A plan must satisfy every bound. The planner's methods see one number: the total
 excess, the sum over bounds of how far a candidate's cost lies above each (0 when it fits), so that removing
 anything that lowers a cost still over its bound counts as progress.
 """
@@ -59,6 +60,15 @@ class Budget:
         if not bounds:
             raise PrunekitError("--budget bounds nothing: give a fraction, or cost=fraction pairs.")
         return cls(tuple(bounds))
+
+    @classmethod
+    def of_preset(cls, preset: str, teacher_config: dict) -> "Budget":
+        """The parameters and MACs of `preset`'s student of this teacher, as fractions rounded up at the fourth
+        decimal (so that the preset fits its own budget)."""
+        from prunekit.plan import make_preset
+
+        made = make_preset(preset, "", teacher_config).predicted
+        return cls.parse({name: math.ceil(made[f"{name}_fraction"] * 1e4) / 1e4 for name in ("params", "macs")})
 
     @property
     def metrics(self) -> list[str]:

@@ -27,6 +27,8 @@ from prunekit.errors import PrunekitError
 from prunekit.options import check_count, check_number
 
 FOLDER = "recoverable"  # under the run directory
+MEANING = ("the share of the teacher's quality the student lacks after a short distillation: 1 - student / teacher "
+           "for the judge's headline and for the CLIP score, summed")
 REDUCTION = 3  # successive halving's reduction factor: rung k distils first_rung * 3 ** k steps
 
 

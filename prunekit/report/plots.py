@@ -1,7 +1,8 @@
 """The report's figures: matplotlib figures rendered to base64 PNG data URIs (no pyplot, no global state).
 
-Every function takes plain numbers and names and returns a `data:image/png;base64,...` string that the
-template puts in an `<img>`, so the page needs no other file.
+Every function takes plain numbers and names and returns `data:image/png;base64,...` strings that the
+template puts in `<img>`s, so the page needs no other file: one per chart, so that charts side by side on a
+desktop stack on a phone.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
+from prunekit.costs import scale
 
 # Okabe-Ito colours (readable by colour-blind readers); the plan drawing uses the same ones.
 KIND_COLORS = {
@@ -51,16 +54,12 @@ def _legend(ax, kinds, **kwargs) -> None:
     ax.legend(handles=handles, fontsize=8, **kwargs)
 
 
-def scale(largest: float) -> tuple[float, str]:
-    """The divisor and suffix (G, M, k or none) that suit counts up to `largest`."""
-    return next(((d, s) for d, s in ((1e9, "G"), (1e6, "M"), (1e3, "k")) if largest >= d), (1.0, ""))
-
-
-def stage_costs(stages: list[str], kinds: list[str], params: dict, macs: dict) -> str:
-    """Stacked bars of parameters and MACs per stage, by unit kind; `params[kind][i]` is stage i's share."""
-    with matplotlib.rc_context(_STYLE):
-        fig, axes = _figure(8.6, 3.0, ncols=2)
-        for ax, values, label in ((axes[0], params, "parameters"), (axes[1], macs, "MACs per step")):
+def stage_costs(stages: list[str], kinds: list[str], params: dict, macs: dict) -> list[str]:
+    """Stacked bars of parameters and of MACs per stage, by unit kind; `params[kind][i]` is stage i's share."""
+    charts = []
+    for values, label in ((params, "parameters"), (macs, "MACs per step")):
+        with matplotlib.rc_context(_STYLE):
+            fig, ax = _figure(4.3, 3.0)
             divisor, suffix = scale(max(sum(column) for column in zip(*values.values())))
             bottom = [0.0] * len(stages)
             for kind in kinds:
@@ -70,8 +69,9 @@ def stage_costs(stages: list[str], kinds: list[str], params: dict, macs: dict) -
             ax.set_ylabel(f"{label} ({suffix})" if suffix else label)
             ax.tick_params(axis="x", labelrotation=45)
             ax.grid(axis="x", visible=False)
-        _legend(axes[1], kinds, loc="upper left")
-        return _png(fig)
+            _legend(ax, kinds, loc="upper left")
+            charts.append(_png(fig))
+    return charts
 
 
 def sensitivity_bars(names: list[str], kinds: list[str], values: list[float], saved: list[str], xlabel: str,
@@ -97,37 +97,40 @@ def sensitivity_bars(names: list[str], kinds: list[str], values: list[float], sa
         return _png(fig)
 
 
-def pareto(points: list[dict], front: dict[str, list[dict]], presets: dict[str, dict], chosen: dict | None) -> str:
-    """Loss against params and MACs fraction: every candidate, the front, the BK presets and the chosen plan.
+def pareto(points: list[dict], front: dict[str, list[dict]], presets: dict[str, dict], chosen: dict | None,
+           ylabel: str = "predicted loss") -> list[str]:
+    """Loss against the params fraction, and against the MACs fraction: every candidate, the front, the BK
+    presets (in the legend, not on the points, so their names never overlap) and the chosen plan.
 
     `points` and the values of `front` / `presets` / `chosen` are dicts with params_fraction, macs_fraction
     and loss; `front` maps each of the two x keys to its front, sorted by that key.
     """
-    with matplotlib.rc_context(_STYLE):
-        fig, axes = _figure(8.6, 3.4, ncols=2, sharey=True)
-        for ax, key, label in ((axes[0], "params_fraction", "parameters kept (fraction)"),
-                               (axes[1], "macs_fraction", "MACs kept (fraction)")):
+    charts = []
+    for key, label in (("params_fraction", "parameters kept (fraction)"), ("macs_fraction", "MACs kept (fraction)")):
+        with matplotlib.rc_context(_STYLE):
+            fig, ax = _figure(4.3, 3.4)
             ax.scatter([p[key] for p in points], [p["loss"] for p in points], s=12, color=OTHER_COLOR,
-                       alpha=0.6, label="candidates", linewidths=0)
+                       alpha=0.6, label="Pareto plans", linewidths=0)
             ax.step([p[key] for p in front[key]], [p["loss"] for p in front[key]], where="post",
-                    color=KIND_COLORS["res"], linewidth=1.6, label="Pareto front")
+                    color=KIND_COLORS["res"], linewidth=1.6, label="front")
             for name, point in presets.items():
-                ax.scatter(point[key], point["loss"], s=46, marker=PRESET_MARKERS.get(name, "o"), color=INK, zorder=3)
-                ax.annotate(name, (point[key], point["loss"]), xytext=(5, 5), textcoords="offset points", fontsize=8)
+                ax.scatter(point[key], point["loss"], s=46, marker=PRESET_MARKERS.get(name, "o"), color=INK, zorder=3,
+                           label=name)
             if chosen is not None:
                 ax.scatter(chosen[key], chosen["loss"], s=140, marker="*", color=KIND_COLORS["mid"], zorder=4,
                            label="this plan")
             ax.set_xlabel(label)
-        axes[0].set_ylabel("predicted loss")
-        axes[0].legend(loc="upper right", fontsize=8)
-        return _png(fig)
+            ax.set_ylabel(ylabel)
+            ax.legend(loc="upper right", fontsize=7.5)
+            charts.append(_png(fig))
+    return charts
 
 
-def distill_curves(steps: list[float], losses: dict[str, list[float]], lr: list[float] | None) -> str:
-    """Training losses against step (log scale when all positive; a moving average over the raw line), and lr."""
+def distill_curves(steps: list[float], losses: dict[str, list[float]], lr: list[float] | None) -> list[str]:
+    """Training losses (mean squared errors) against step, log scale when all positive, a moving average over the
+    raw line; then the learning rate, when given (the caller leaves out a constant one)."""
     with matplotlib.rc_context(_STYLE):
-        fig, axes = _figure(8.6, 3.2, ncols=2 if lr else 1, squeeze=False, width_ratios=[3, 2] if lr else None)
-        ax = axes[0][0]
+        fig, ax = _figure(5.2, 3.2)
         colors = itertools.cycle(KIND_COLORS[k] for k in ("res", "attn", "pair", "transformer", "mid"))
         window = max(1, len(steps) // 40)
         for color, (name, values) in zip(colors, losses.items()):
@@ -140,14 +143,18 @@ def distill_curves(steps: list[float], losses: dict[str, list[float]], lr: list[
         if all(v > 0 for values in losses.values() for v in values if v is not None):
             ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss (MSE)")
         ax.legend(fontsize=8)
-        if lr:
-            axes[0][1].plot(steps, lr, color=INK, linewidth=1.2)
-            axes[0][1].set_xlabel("step")
-            axes[0][1].set_ylabel("learning rate")
-            axes[0][1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        return _png(fig)
+        charts = [_png(fig)]
+    if lr:
+        with matplotlib.rc_context(_STYLE):
+            fig, ax = _figure(3.6, 3.2)
+            ax.plot(steps, lr, color=INK, linewidth=1.2)
+            ax.set_xlabel("step")
+            ax.set_ylabel("learning rate")
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+            charts.append(_png(fig))
+    return charts
 
 
 def _moving_average(values: list[float], window: int):

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from prunekit import rundir
+from prunekit import comparison, rundir
 from prunekit.costs import Costs
 from prunekit.errors import PrunekitError
 from prunekit.graph import Unit
@@ -18,7 +18,7 @@ from prunekit.plan import Plan
 from prunekit.planner.api import PARETO_COLUMNS
 from prunekit.rundir import INTERVAL_COLUMNS, UNIT_COLUMNS, RunDir, RunRecord, read_csv, read_json
 
-FILES = (rundir.RUN_JSON, rundir.TABLE, rundir.IMAGES, rundir.PLAN, rundir.PARETO, rundir.DISTILL)
+FILES = (rundir.RUN_JSON, rundir.TABLE, rundir.IMAGES, rundir.PLAN, rundir.PARETO, rundir.DISTILL, rundir.COMPARISON)
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class Run:
     log_columns: list[str]  # distill/logs.csv
     logs: list[dict] | None
     evaluation: dict | None  # distill/eval.json
+    comparison: list[dict] | None  # comparison.csv (prunekit.comparison)
+    compared: dict[str, Path]  # compare/NAME/distill of each student retrained beside the plan's
     model: str | None
     teacher: Teacher | None
     teacher_note: str | None  # why the teacher's costs are missing or may not match the run
@@ -136,4 +138,11 @@ def read_run(path: Path) -> Run:
     return Run(path, info, columns, _checked(run.table_path, columns, units, ("unit", "kind", "stage", "init")) or [],
                _prompts(run.images), plan, _checked(run.pareto_path, list(PARETO_COLUMNS), pareto, ("remove", "is_preset")),
                log_columns, _checked(run.distill / "logs.csv", log_columns, logs, ()),
-               read_json(run.distill / "eval.json", dict), name, teacher, note)
+               read_json(run.distill / "eval.json", dict), comparison.read(run.comparison_path),
+               _compared(run.compare), name, teacher, note)
+
+
+def _compared(folder: Path) -> dict[str, Path]:
+    """compare/NAME/distill of each other student that was distilled in the run, by NAME."""
+    found = sorted(folder.glob("*/distill")) if folder.is_dir() else []
+    return {path.parent.name: path for path in found if path.is_dir()}

@@ -6,29 +6,31 @@ key numbers and the navigation. Numbers are formatted here; escaping is left to 
 from __future__ import annotations
 
 import base64
+import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from prunekit import comparison
+from prunekit.costs import human
+from prunekit.distill import final_student
 from prunekit.errors import PrunekitError
-from prunekit.report import plots
+from prunekit.evaluate import headline
 from prunekit.graph import Removed
 from prunekit.plan import PRESETS
+from prunekit.report import plots
 from prunekit.report.diagram import unet_diagram
 from prunekit.report.rundir import Run
 from prunekit.rundir import read_json
 
 MAX_PROMPTS = 4  # image-grid columns
-HIGHER_IS_BETTER = ("clip_score", "psnr", "ssim", "attr_")  # metric names (or prefixes) where larger is better
+HIGHER_IS_BETTER = ("clip_score", "psnr", "ssim", "attr_", "attribute_accuracy")  # metrics where larger is better
+# the verdict's flag: the worst share of the teacher's quality the student keeps, below which it is raised
+FLAGS = ((0.5, "red", "lost most of the teacher's quality"), (0.9, "amber", "lost part of the teacher's quality"))
+STUDENT_IMAGES = 256  # pixels a side at most, for the teacher / student grid
 
 
 # -- formatting ---------------------------------------------------------------------------------------------
-
-def _count(value) -> str:
-    """A parameter or MAC count with a suffix that suits it: 859.52M, 338.83G."""
-    divisor, suffix = plots.scale(value)
-    return f"{value / divisor:,.2f}{suffix}"
-
 
 def _text(value) -> str:
     """A value from a run file as short text: numbers to 4 significant digits, structures as JSON."""
@@ -78,11 +80,11 @@ def _cost_section(run: Run) -> dict | None:
     rows = []
     for i, stage in enumerate(stages):
         p, m = sum(v[i] for v in params.values()), sum(v[i] for v in macs.values())
-        rows.append({"stage": stage, "params": _count(p), "params_pct": f"{100 * p / total.params:.1f}%",
-                     "macs": _count(m), "macs_pct": f"{100 * m / total.macs:.1f}%"})
+        rows.append({"stage": stage, "params": human(p), "params_pct": f"{100 * p / total.params:.1f}%",
+                     "macs": human(m), "macs_pct": f"{100 * m / total.macs:.1f}%"})
     inside_params, inside_macs = sum(u.params for u in units), sum(u.macs for u in units)
-    return {"figure": plots.stage_costs(stages, kinds, params, macs), "rows": rows,
-            "params": _count(total.params), "macs": _count(total.macs), "full_macs": _count(total.full_macs),
+    return {"figures": plots.stage_costs(stages, kinds, params, macs), "rows": rows,
+            "params": human(total.params), "macs": human(total.macs), "full_macs": human(total.full_macs),
             "fixed_params": f"{100 * (1 - inside_params / total.params):.1f}%",
             "fixed_macs": f"{100 * (1 - inside_macs / total.macs):.1f}%"}
 
@@ -128,7 +130,7 @@ def _sensitivity_section(run: Run) -> dict | None:
         rows = _by_harm(run, column)
         if not rows:
             continue
-        saved = [_count(r["params"]) + (f"  {100 * r['params'] / total:.1f}%" if total else "")
+        saved = [human(r["params"]) + (f"  {100 * r['params'] / total:.1f}%" if total else "")
                  if _is_number(r.get("params")) else "" for r in rows]
         errors = None
         if column == "sensitivity" and all(_is_number(r.get("sensitivity_low")) for r in rows):
@@ -144,10 +146,22 @@ def _within(run: Run, path: Path) -> bool:
     return path.resolve().is_relative_to(run.path.resolve())
 
 
-def _image_uri(run: Run, path: Path) -> str | None:
+def _image_uri(run: Run, path: Path, size: int | None = None) -> str | None:
+    """The image at `path` as a data URI (shrunk to at most `size` pixels a side if given), None if it is absent
+    or outside the run directory."""
     if not path.is_file() or not _within(run, path):
         return None
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    data = path.read_bytes()
+    if size is not None:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            if max(image.size) > size:
+                image.thumbnail((size, size))
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                data = buffer.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
 def _images_section(run: Run) -> dict | None:
@@ -180,7 +194,7 @@ def _plan_state(run: Run, name: str, removed: Removed) -> str:
 
 
 def _count_cell(value) -> dict:
-    return _cell(value, _count(value) if _is_number(value) else "")
+    return _cell(value, human(value) if _is_number(value) else "")
 
 
 def _units_section(run: Run) -> dict | None:
@@ -257,15 +271,16 @@ def _plan_section(run: Run) -> dict | None:
         guess = predicted.get(key)
         guess_fraction = predicted.get(f"{key}_fraction")
         compare.append({"label": label,
-                        "predicted": (_count(guess) if _is_number(guess) else "—")
+                        "predicted": (human(guess) if _is_number(guess) else "—")
                         + (f" ({guess_fraction:.1%})" if _is_number(guess_fraction) else ""),
-                        "measured": _count(value) + fraction})
+                        "measured": human(value) + fraction})
     shown = {"params", "macs", "full_macs", "params_fraction", "macs_fraction", "full_macs_fraction",
              "teacher_params", "teacher_macs"}
     quality = _quality_change(run.evaluation)
     for key, value in predicted.items():
         if key not in shown:
-            compare.append({"label": key, "predicted": _text(value),
+            label = f"loss: {_loss_meaning(run)}" if key == "loss" else key
+            compare.append({"label": label, "predicted": _text(value),
                             "measured": f"before distillation: {quality}" if key == "loss" and quality else "—"})
     diagram = None
     if run.teacher is not None:
@@ -273,6 +288,16 @@ def _plan_section(run: Run) -> dict | None:
     source = "distill/student/unet/config.json" if student_file.is_file() else "plan.json's student config"
     return {"method": plan.method, "budget": _pairs(plan.budget), "remove": plan.remove, "compare": compare,
             "student_source": source, "diagram": diagram}
+
+
+def _loss_meaning(run: Run) -> str:
+    """What the plan's predicted loss measures (the planner records it), else what the sweep's rule is."""
+    from prunekit.sensitivity.settings import explain
+
+    planner = run.plan.provenance.get("planner", {}) if run.plan is not None else {}
+    if isinstance(planner.get("loss"), str):
+        return planner["loss"]
+    return f"the planner's objective over {explain(run.info.sensitivity if run.info else None)}"
 
 
 def _quality_change(evaluation: dict | None) -> str:
@@ -340,8 +365,14 @@ def _pareto_section(run: Run) -> dict | None:
     table = [{"params": f"{p['params_fraction']:.3f}", "macs": f"{p['macs_fraction']:.3f}", "loss": f"{p['loss']:.4g}",
               "count": len(p["units"]), "remove": " ".join(sorted(p["units"])),
               "preset": _preset_name(p, presets_known) or ""} for p in front["params_fraction"]]
-    return {"figure": plots.pareto(points, front, presets, chosen), "count": len(points), "front": table,
-            "presets": sorted(presets)}
+    planner = run.plan.provenance.get("planner", {}) if run.plan is not None else {}
+    searched = ""
+    if _is_number(planner.get("trials")):
+        distinct = f", {planner['distinct']} distinct plans" if _is_number(planner.get("distinct")) else ""
+        searched = f" of {planner['trials']} trials{distinct} ({planner.get('sampler', 'Optuna')})"
+    plans = len([p for p in points if not _preset_name(p, presets_known)])
+    return {"figures": plots.pareto(points, front, presets, chosen, "predicted loss"), "count": plans,
+            "searched": searched, "front": table, "presets": sorted(presets), "loss": _loss_meaning(run)}
 
 
 def _flatten(values, prefix: str = "") -> dict:
@@ -358,79 +389,221 @@ def _flatten(values, prefix: str = "") -> dict:
 def _distill_section(run: Run) -> dict | None:
     if run.logs is None and run.evaluation is None:
         return None
-    section = {"figure": None, "summary": [], "eval_columns": [], "eval_rows": []}
+    section = {"figures": [], "summary": [], "eval_columns": [], "eval_rows": []}
     if run.logs:
         rows = [r for r in run.logs if _is_number(r.get("step"))]
         losses = {c: [r.get(c) if _is_number(r.get(c)) else None for r in rows]
                   for c in run.log_columns if c.startswith("loss")}
-        lr = [r.get("lr") for r in rows] if all(_is_number(r.get("lr")) for r in rows) else None
+        lr = [r.get("lr") for r in rows] if rows and all(_is_number(r.get("lr")) for r in rows) else None
+        constant = lr is not None and max(lr) == min(lr)
         if rows and losses:
-            section["figure"] = plots.distill_curves([r["step"] for r in rows], losses, lr)
+            section["figures"] = plots.distill_curves([r["step"] for r in rows], losses, None if constant else lr)
             last = rows[-1]
             section["summary"] = [("steps", _text(last["step"]))] + [
                 (f"final {c}", _text(last[c])) for c in losses if _is_number(last.get(c))]
+            if constant:
+                section["summary"].append(("learning rate (constant)", _text(lr[0])))
             if _is_number(last.get("seconds")):
                 section["summary"].append(("seconds (last row)", _text(last["seconds"])))
     if run.evaluation:
-        names = [k for k in ("teacher", "student_before", "student_after") if isinstance(run.evaluation.get(k), dict)]
+        names = [k for k in ("teacher", "student_before", "student_after", "student_after_ema")
+                 if isinstance(run.evaluation.get(k), dict)]
+        final = final_student(run.evaluation)
         tables = {k: _flatten(run.evaluation[k]) for k in names}
         metrics = list(dict.fromkeys(m for k in names for m in tables[k]))
-        section["eval_columns"] = [k.replace("_", " ") for k in names] + (["recovered"] * (len(names) == 3))
+        shares = "teacher" in names and final is not None
+        section["eval_columns"] = [k.replace("_", " ") for k in names] + [f"{final.replace('_', ' ')} / teacher"] * shares
         for metric in metrics:
             values = [tables[k].get(metric) for k in names]
             cells = [_text(v) if v is not None else "—" for v in values]
-            if len(names) == 3:
-                teacher, before, after = values
-                gap = teacher - before if all(_is_number(v) for v in values) else 0
-                cells.append(f"{(after - before) / gap:.0%}" if gap else "—")
+            if shares:
+                teacher, after = tables["teacher"].get(metric), tables[final].get(metric)
+                quality = _higher_is_better(metric) and metric != "clip_score_real"  # the real images': constant
+                cells.append(f"{after / teacher:.0%}" if quality and _is_number(after) and _is_number(teacher)
+                             and teacher else "—")
             section["eval_rows"].append({"metric": metric, "cells": cells})
     return section
 
 
-HEADLINE_METRICS = ("clip_score", "attribute_accuracy.all")  # the student's card shows the first one present
-
-
 def _key_numbers(run: Run) -> list[dict]:
-    """The header's cards: the teacher, the sweep, the plan and the distilled student, where known."""
+    """The header's cards of a run without a plan: the teacher and the sweep, where known."""
     keys = []
     if run.teacher:
         c = run.teacher.costs
-        keys.append({"label": "teacher U-Net", "value": f"{_count(c.params)} params",
-                     "note": f"{_count(c.macs)} MACs / step"})
+        keys.append({"label": "teacher U-Net", "value": f"{human(c.params)} params",
+                     "note": f"{human(c.macs)} MACs / step"})
     ranking = _ranking(run)
     if ranking:
         keys.append({"label": "units measured", "value": str(len(run.units)),
                      "note": f"safest to remove: {ranking[-1]['unit']} · most harmful: {ranking[0]['unit']}"})
-    if run.plan and _is_number(run.plan.predicted.get("params_fraction")):
-        p = run.plan.predicted
-        macs = f" · {p['macs_fraction']:.0%} MACs" if _is_number(p.get("macs_fraction")) else ""
-        keys.append({"label": f"plan ({run.plan.method})", "value": f"{p['params_fraction']:.0%} params",
-                     "note": f"removes {len(run.plan.remove)} units{macs}"})
-    evaluation = run.evaluation or {}
-    if isinstance(evaluation.get("student_after"), dict):
-        after = _flatten(evaluation["student_after"])
-        teacher = _flatten(evaluation.get("teacher") or {})
-        numbers = [m for m in after if _is_number(after[m])]
-        metric = next((m for m in HEADLINE_METRICS if m in numbers), numbers[0] if numbers else None)
-        if metric:
-            note = f"teacher {_text(teacher[metric])}" if _is_number(teacher.get(metric)) else "after distillation"
-            keys.append({"label": f"student {metric}", "value": _text(after[metric]), "note": note})
     return keys
 
 
-SECTIONS = (("run", "The run"), ("costs", "Teacher cost"), ("sensitivity", "Unit sensitivity"),
-            ("images", "Images"), ("units", "Units"), ("plan", "Plan"), ("pareto", "Pareto front"),
-            ("distill", "Distillation"))
+def _student_costs(run: Run) -> list[dict]:
+    """The verdict's cost cards: parameters and MACs the student keeps (counted from its config), and its latency
+    (timed by the distillation, else predicted by the planner)."""
+    from prunekit.costs import unet_costs
+
+    student_file = run.path / "distill" / "student" / "unet" / "config.json"
+    measured = unet_costs(read_json(student_file, dict) or run.plan.student_config)
+    teacher = run.teacher.costs if run.teacher else None
+    cards = []
+    for key, label in (("params", "parameters"), ("macs", "MACs per step")):
+        value = getattr(measured, key)
+        note = f"{value / getattr(teacher, key):.0%} of the teacher's {human(getattr(teacher, key))}" if teacher else ""
+        cards.append({"label": label, "value": human(value), "note": note})
+    timed = (run.evaluation or {}).get("latency")
+    predicted = run.plan.predicted
+    if isinstance(timed, dict) and all(_is_number(timed.get(k)) for k in ("student_ms", "teacher_ms", "speedup")):
+        cards.append({"label": "U-Net step latency", "value": f"{timed['student_ms']:.3g} ms",
+                      "note": f"{timed['speedup']:.2f}× faster than the teacher's {timed['teacher_ms']:.3g} ms "
+                              f"({timed.get('device')}, {timed.get('timing')}, batch {timed.get('batch')})"})
+    elif _is_number(predicted.get("latency_ms")) and _is_number(predicted.get("latency_fraction")):
+        cards.append({"label": "U-Net step latency", "value": f"{predicted['latency_ms']:.3g} ms",
+                      "note": f"{1 / predicted['latency_fraction']:.2f}× faster than the teacher, as the planner "
+                              "timed it"})
+    else:
+        cards.append({"label": "U-Net step latency", "value": "not timed",
+                      "note": "prunekit distill times teacher and student"})
+    return cards
+
+
+def _flag(shares: dict[str, float]) -> tuple[str, str]:
+    """The verdict's colour and words for the worst share of the teacher's quality that the student keeps."""
+    worst = min(shares.values())
+    for bound, colour, words in FLAGS:
+        if worst < bound:
+            return colour, words
+    return "green", "keeps the teacher's quality"
+
+
+def _student_quality(run: Run) -> dict | None:
+    """The student's headline numbers against the teacher's, before and after distillation, and the flag."""
+    evaluation = run.evaluation or {}
+    if not isinstance(evaluation.get("teacher"), dict):
+        return None
+    final = final_student(evaluation)
+    judged = final or ("student_before" if isinstance(evaluation.get("student_before"), dict) else None)
+    if judged is None:
+        return None
+    teacher = headline(evaluation["teacher"])
+    before = headline(evaluation["student_before"]) if isinstance(evaluation.get("student_before"), dict) else {}
+    after = headline(evaluation[judged])
+    shares = {m: after[m] / teacher[m] if teacher[m] else 1.0 for m in teacher if _is_number(after.get(m))}
+    colour, words = _flag(shares)
+    rows = [{"metric": m, "teacher": _text(teacher[m]), "before": _text(before[m]) if m in before else "—",
+             "after": _text(after[m]), "share": f"{shares[m]:.0%}"} for m in shares]
+    worst = min(shares, key=shares.get)
+    retrained = final is not None
+    sentence = (f"The student {words}" + ("" if retrained else " and is not retrained yet") +
+                f": {worst} {after[worst]:.3g} against the teacher's {teacher[worst]:.3g} ({shares[worst]:.0%})"
+                + (f", on {evaluation.get('settings', {}).get('num_prompts', '?')} evaluation prompts." if retrained
+                   else "."))
+    label = {"student_after_ema": "after (EMA)", "student_after": "after", "student_before": "before"}[judged]
+    return {"flag": colour, "sentence": sentence, "rows": rows, "after_label": label}
+
+
+def _versus(mine: dict, other: dict, metrics: list[str]) -> str:
+    """How the plan's student stands against another on each metric, as words."""
+    parts = []
+    for metric in metrics:
+        gap, needed = comparison.margin(mine, other, metric)
+        if int(mine["seeds"]) < 2 or int(other["seeds"]) < 2:
+            verdict = "one seed: no spread measured"
+        elif abs(gap) > needed:
+            verdict = "beats it" if gap > 0 else "loses to it"
+        else:
+            verdict = f"tied: within 2 sd = {needed:.2g}"
+        parts.append(f"{metric} {gap:+.3g} ({verdict})")
+    return "; ".join(parts)
+
+
+def _rivals(run: Run) -> list[dict]:
+    """The other students of comparison.csv at the plan's budget, each set against the plan's student."""
+    if not run.comparison or run.plan is None:
+        return []
+    mine_units = " ".join(run.plan.remove)
+    mine = next((row for row in run.comparison if row["remove"] == mine_units), None)
+    if mine is None:
+        return []
+    metrics = comparison.metrics(run.comparison)
+    return [{"candidate": row["candidate"], "scores": _mean_sd(row, metrics), "versus": _versus(mine, row, metrics)}
+            for row in run.comparison if row["budget"] == mine["budget"] and row is not mine]
+
+
+def _mean_sd(row: dict, metrics: list[str]) -> str:
+    return ", ".join(f"{m} {row[f'{m}_mean']:.3g}" + (f" ± {row[f'{m}_sd']:.2g}" if row["seeds"] > 1 else "")
+                     for m in metrics)
+
+
+def _verdict(run: Run) -> dict | None:
+    """The first screen: what the plan removes and keeps, how fast its student is, and what quality it kept
+    against the teacher and against the other students retrained the same way."""
+    if run.plan is None:
+        return None
+    plan = run.plan
+    budget = ", ".join(f"{key} ≤ {_text(value)}" for key, value in plan.budget.items()) if plan.budget else "a preset"
+    objective = plan.provenance.get("planner", {}).get("objective")
+    how = f"{plan.method} plan" + (f", {objective} objective" if objective else "")
+    return {"plan": f"{how}: removes {len(plan.remove)} units, budget {budget}", "costs": _student_costs(run),
+            "quality": _student_quality(run), "rivals": _rivals(run)}
+
+
+def _students_section(run: Run) -> dict | None:
+    """The teacher and the students, before and after distillation (and the other students retrained), on the
+    same prompts and seeds."""
+    images = run.path / "distill" / "images"
+    prompts = read_json(images / "teacher" / "prompts.json", list)
+    if not prompts:
+        return None
+    prompts = [str(p) for p in prompts[:MAX_PROMPTS]]
+    final = final_student(run.evaluation) or "student_after"
+    folders = [("teacher", images / "teacher"), ("student before distillation", images / "student_before"),
+               ("student after" + (" (EMA)" if final.endswith("ema") else ""), images / final)]
+    for name, folder in run.compared.items():
+        other = final_student(read_json(folder / "eval.json", dict)) or "student_after"
+        folders.append((f"{name} after", folder / "images" / other))
+    rows = [{"label": label, "images": [_image_uri(run, where / f"{i}.png", STUDENT_IMAGES)
+                                        for i in range(len(prompts))]}
+            for label, where in folders if where.is_dir()]
+    return {"prompts": prompts, "rows": rows}
+
+
+def _comparison_section(run: Run) -> dict | None:
+    """comparison.csv: every student retrained the same way, by budget, with the preset's verdict."""
+    if not run.comparison:
+        return None
+    metrics = comparison.metrics(run.comparison)
+    budgets = list(dict.fromkeys(row["budget"] for row in run.comparison))
+    groups = []
+    for budget in budgets:
+        rows = [row for row in run.comparison if row["budget"] == budget]
+        preset = next((row for row in rows if row["candidate"] in PRESETS), None)
+        table = [{"candidate": row["candidate"], "params": f"{row['params_fraction']:.3f}",
+                  "macs": f"{row['macs_fraction']:.3f}", "seeds": int(row["seeds"]),
+                  "scores": [f"{row[f'{m}_mean']:.3g}" + (f" ± {row[f'{m}_sd']:.2g}" if row["seeds"] > 1 else "")
+                             for m in metrics],
+                  "versus": _versus(row, preset, metrics) if preset is not None and row is not preset else "",
+                  "remove": row["remove"]} for row in rows]
+        groups.append({"budget": budget, "rows": table, "preset": preset["candidate"] if preset else None})
+    return {"metrics": metrics, "groups": groups}
+
+
+SECTIONS = (("students", "Student"), ("comparison", "After retraining"), ("costs", "Teacher cost"),
+            ("sensitivity", "Unit sensitivity"), ("images", "Ablations"), ("units", "Units"), ("plan", "Plan"),
+            ("pareto", "Pareto front"), ("distill", "Distillation"), ("run", "The run"))
 
 
 def context(run: Run) -> dict:
     """Everything the template needs to draw the report of `run`."""
     from prunekit import __version__
 
-    sections = {"run": _run_section(run), "costs": _cost_section(run), "sensitivity": _sensitivity_section(run),
-                "images": _images_section(run), "units": _units_section(run), "plan": _plan_section(run),
-                "pareto": _pareto_section(run), "distill": _distill_section(run)}
+    sections = {"students": _students_section(run), "comparison": _comparison_section(run),
+                "costs": _cost_section(run), "sensitivity": _sensitivity_section(run), "images": _images_section(run),
+                "units": _units_section(run), "plan": _plan_section(run), "pareto": _pareto_section(run),
+                "distill": _distill_section(run), "run": _run_section(run)}
+    verdict = _verdict(run)
     return {"title": run.path.resolve().name, "model": run.model or "", "teacher_note": run.teacher_note or "",
-            "keys": _key_numbers(run), "kind_colors": plots.KIND_COLORS,
+            "verdict": verdict, "keys": [] if verdict else _key_numbers(run), "kind_colors": plots.KIND_COLORS,
             "nav": [(key, title) for key, title in SECTIONS if sections[key]], **sections,
             "version": __version__, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}

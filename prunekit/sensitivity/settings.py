@@ -181,6 +181,19 @@ def rule_value(rule: str, values: dict[str, float]) -> float:
     return 0.0 - values[rule[1:]] if rule.startswith("-") else values[rule]  # 0.0 - x: no "-0.0" in the CSV
 
 
+def explain(rule: str | None) -> str:
+    """What a `sensitivity` rule measures, in words: "CLIP-score points lost" for -delta_clip_score."""
+    if not rule:
+        return "the sweep's sensitivity"
+    metric = rule.removeprefix("-").removeprefix("delta_")
+    words = {"clip_score": "CLIP-score points", "latent_mse": "latent MSE against the intact model",
+             "eps_mse": "noise-prediction MSE against the intact model", "fid": "FID against the intact model",
+             "attr_all": "all-attributes accuracy"}
+    if rule.startswith("-delta_"):
+        return f"{words.get(metric, metric)} lost ({rule})"
+    return f"{words.get(metric, metric)} ({rule})"
+
+
 def digest(prompts: list[str]) -> str:
     """A hash of the prompt texts in order: a resumed run must use the very same prompts."""
     return "sha256:" + hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
