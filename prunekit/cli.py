@@ -24,10 +24,16 @@ def _inspect(args) -> None:
 def _sensitivity(args) -> None:
     from accelerate import PartialState
 
-    from prunekit.options import from_namespace
+    from prunekit.options import flag, from_namespace
     from prunekit.sensitivity import SweepOptions, sensitivity
 
-    table = sensitivity(args.model, args.out, from_namespace(SweepOptions, args))
+    from prunekit.rundir import RunDir
+
+    options, taken = from_namespace(SweepOptions, args).extending(RunDir(args.out).record(), args.given)
+    if taken and PartialState().is_main_process:
+        print(f"{args.out} holds a sweep: extending it with its own " +
+              ", ".join(f"{flag(key)} {value}" for key, value in taken.items()), flush=True)
+    table = sensitivity(args.model, args.out, options)
     if not PartialState().is_main_process:  # under `accelerate launch`, one process reports
         return
     print(f"{len(table)} units -> {args.out}/sensitivity.csv; most harmful to remove:")
@@ -333,8 +339,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _given(argv: list[str]) -> set[str]:
+    """The options typed in `argv` (not left at their defaults): parsed again with every default a marker."""
+    unset = object()
+    parser = build_parser()
+    for action in _actions(parser):
+        action.default = unset
+    return {key for key, value in vars(parser.parse_args(argv)).items() if value is not unset}
+
+
+def _actions(parser: argparse.ArgumentParser):
+    """Every argument of `parser` and of its commands."""
+    for action in parser._actions:
+        yield action
+        for sub in (action.choices or {}).values() if isinstance(action, argparse._SubParsersAction) else ():
+            yield from _actions(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.given = _given(argv)
     quiet_libraries()  # before the first library import
     try:
         args.run(args)

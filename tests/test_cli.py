@@ -47,3 +47,20 @@ def test_user_error_is_one_line_and_exit_2():
     assert result.stderr.strip().count("\n") == 0 and "unknown model" in result.stderr
     assert "Traceback" not in result.stderr
 
+
+def test_a_sweep_is_extended_with_its_own_settings(tmp_path, capsys):
+    """A stage sweep cannot feed the planner's pair space; sweeping its missing units into the same run, without
+    repeating its settings, extends it with them (an explicit setting that differs is still refused)."""
+    out = str(tmp_path / "run")
+    assert main(["sensitivity", "--model", "tiny-sd", "--out", out, "--units", "stage2", "--num-prompts", "1",
+                 "--steps", "2", "--metrics", "teacher"]) == 0
+    capsys.readouterr()
+    assert main(["sensitivity", "--model", "tiny-sd", "--out", out, "--units", "down0.pair0"]) == 0
+    said = capsys.readouterr().out
+    assert "extending it with its own" in said and "--num-prompts 1" in said and "--steps 2" in said
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["args"]["num_prompts"] == 1 and record["args"]["metrics"] == ["teacher"]
+    rows = (tmp_path / "run" / "sensitivity.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["stage2", "down0.pair0"]
+    assert main(["sensitivity", "--model", "tiny-sd", "--out", out, "--units", "mid", "--steps", "3"]) == 2
+    assert "steps: 2 there, 3 here" in capsys.readouterr().err

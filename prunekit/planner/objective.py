@@ -69,8 +69,9 @@ class Additive:
                 parts = self._parts(name)
                 if not parts:
                     raise PrunekitError(f"{self.source} has no row for {name} nor for all "
-                                        "of its parts: extend the sensitivity run to it, or plan with "
-                                        "--objective measured.")
+                                        "of its parts: extend the sensitivity run to it (`prunekit sensitivity "
+                                        f"--out {Path(self.source).parent} --granularity pair` reuses the run's "
+                                        "settings), or plan with --objective measured.")
                 self.resolved[name] = sum(self.unit(part) for part in parts)
         return self.resolved[name]
 

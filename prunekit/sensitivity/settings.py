@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import platform
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,7 @@ from prunekit.graph import GRANULARITIES, Unit, enumerate_units
 from prunekit.metrics import METRICS, check_metrics, choose_clip
 from prunekit.models import Model, build_unet_meta, resolve_model
 from prunekit.options import check_choice, check_count, check_number, resolve_device
-from prunekit.rundir import UNIT_COLUMNS, RunRecord
+from prunekit.rundir import NOT_COMPARED, UNIT_COLUMNS, RunRecord
 from prunekit.worlds import Judge
 
 MODES = ("full", "proxy")
@@ -71,6 +72,17 @@ class SweepOptions:
                                 "or use --mode full.")
         if self.mode == "proxy" and self.race:
             raise PrunekitError("a proxy sweep costs one U-Net pass per unit: --race is for full mode.")
+
+    def extending(self, record: RunRecord | None, given: set[str]) -> tuple[SweepOptions, dict]:
+        """These options made to extend the run of `record` (a run directory's run.json): every setting not in
+        `given` (those the caller chose) takes the run's value, so a new granularity or new units reuse its
+        prompts, steps and metrics. Returns the options and the settings taken from the run."""
+        if record is None or record.command != "sensitivity":
+            return self, {}
+        fields = {f.name for f in dataclasses.fields(self)} - set(NOT_COMPARED) - given
+        taken = {key: value for key, value in record.args.items() if key in fields and value is not None}
+        taken = {key: tuple(value) if isinstance(value, list) else value for key, value in taken.items()}
+        return dataclasses.replace(self, **taken), taken
 
 
 @dataclass(frozen=True)
