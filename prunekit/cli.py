@@ -7,6 +7,7 @@ import json
 import sys
 
 from prunekit.errors import PrunekitError
+from prunekit.export import FORMATS
 from prunekit.quiet import quiet_libraries
 
 MODEL_HELP = "an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, tiny-sd), a hub id or a local diffusers directory"
@@ -113,6 +114,12 @@ def _report(args) -> None:
     from prunekit.report import build_report
 
     print(f"report -> {build_report(args.run_dir, args.output)}")
+
+
+def _export(args) -> None:
+    from prunekit.export import export
+
+    print(f"{args.student} -> {export(args.student, args.output, args.format, args.unet_only)}")
 
 
 def _demo(args) -> None:
@@ -323,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/demo")
     report.add_argument("-o", "--output", help="where to write the page (default RUN_DIR/report.html)")
     report.set_defaults(run=_report)
+
+    export = commands.add_parser("export", help="7. write a student as one checkpoint for ComfyUI and A1111",
+                                 description="Write a student saved by `prunekit distill` (its output folder, whose "
+                                             "EMA weights are used where kept, or its student/) as one safetensors "
+                                             "file in the original Stable Diffusion key layout: U-Net, VAE and "
+                                             "SD-1.x text encoder, which ComfyUI and AUTOMATIC1111 load.")
+    export.add_argument("student", metavar="STUDENT", help="a distill output folder (runs/NAME/distill) or its student/")
+    export.add_argument("-o", "--output", required=True, help="the file to write (NAME.safetensors)")
+    export.add_argument("--format", choices=FORMATS, default="single-file",
+                        help="single-file (default): one checkpoint in the original SD layout")
+    export.add_argument("--unet-only", action="store_true",
+                        help="the U-Net alone (ComfyUI's diffusion-model loader), for any text encoder")
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser("demo", help="the whole loop on the bundled tiny-sd, offline",
                                description="inspect -> sensitivity -> plan -> distill -> evaluation -> the "
