@@ -8,9 +8,13 @@ diffusers config can express:
 
 - a down block keeps k >= 1 resnets, each with its attention or all attentions of the block gone;
   its mirror up block then keeps k + 1 (diffusers feeds each up resnet one skip connection);
+- a kept attention of a down or up block may lose transformer layers (`down2.attn0.t3`: SDXL's depth-10
+  attentions), at least one staying: per-layer `transformer_layers_per_block` and
+  `reverse_transformer_layers_per_block`. diffusers gives the mid block the depth of the innermost down
+  stage's first attention, so that one keeps the mid block's depth unless the mid block goes;
 - the whole mid block may go (not a part of it);
 - whole stages may go from the inside out (`stage0`, then `stage1`, ...), down and up together;
-- down/up samplers and single transformer layers stay.
+- down/up samplers stay.
 
 Anything else raises a PrunekitError, as does a removal whose kept modules no longer fit their new place
 (every mapped tensor must keep its shape). The weight map names, for every student module that holds
@@ -45,6 +49,8 @@ class _Kept:
     resnets: list[int]
     attentions: list[int]
     had_attentions: bool
+    layers: list[list[int]] = field(default_factory=list)  # per kept attention: the transformer layers it keeps
+    thinned: bool = False  # a kept attention lost transformer layers
 
 
 @dataclass
@@ -81,9 +87,6 @@ def removed_modules(teacher, remove: list[str]) -> Removed:
 
 def _refuse_partial(removed: Removed) -> None:
     for path in sorted(removed.paths):
-        if ".transformer_blocks." in path:
-            raise PrunekitError(f"removing single transformer layers ({path}) has no diffusers U-Net: "
-                                "remove the whole attention instead.")
         if path.startswith("mid_block."):
             raise PrunekitError(f"removing part of the mid block ({path}) has no diffusers U-Net: "
                                 "remove the whole `mid` unit or keep it.")
@@ -113,7 +116,15 @@ def _kept(block: nn.Module, path: str, removed: Removed) -> _Kept:
     attentions = getattr(block, "attentions", None) or []
     resnets = [i for i in range(len(block.resnets)) if not removed.covers(f"{path}.resnets.{i}")]
     attns = [i for i in range(len(attentions)) if not removed.covers(f"{path}.attentions.{i}")]
-    kept = _Kept(path, resnets, attns, bool(attentions))
+    layers, thinned = [], False
+    for i in attns:
+        depth = len(attentions[i].transformer_blocks)
+        layers.append([k for k in range(depth) if not removed.covers(f"{path}.attentions.{i}.transformer_blocks.{k}")])
+        thinned |= len(layers[-1]) < depth
+        if not layers[-1]:
+            raise PrunekitError(f"every transformer layer of {path}.attentions.{i} would go: remove its pair, or "
+                                "keep one layer.")
+    kept = _Kept(path, resnets, attns, bool(attentions), layers, thinned)
     if not resnets:
         raise PrunekitError(f"every resnet of {path} would go: remove its whole stage instead.")
     if attns and attns != resnets:
@@ -171,14 +182,52 @@ def _config_and_blocks(teacher: nn.Module, remove: list[str]):
     config["layers_per_block"] = layers[0] if len(set(layers)) == 1 else layers
     if removed.covers("mid_block"):
         config["mid_block_type"] = None
+    if any(kept.thinned for kept in down + up):
+        stages = config["transformer_layers_per_block"]
+        stages = [stages] * len(down) if isinstance(stages, int) else stages
+        reverse = config.get("reverse_transformer_layers_per_block") or list(reversed(stages))
+        config["transformer_layers_per_block"] = _depths(down, stages)
+        config["reverse_transformer_layers_per_block"] = _depths(up, reverse)
     return config, down, up
+
+
+def _depths(blocks: list[_Kept], before) -> list:
+    """Per-layer transformer depths of the kept `blocks` (diffusers' per-layer form); a block without
+    attentions keeps its entry of `before`, which diffusers ignores."""
+    return [[len(layers) for layers in kept.layers] if kept.attentions else entry for kept, entry in zip(blocks, before)]
+
+
+def _depth(attention) -> int:
+    return len(attention.transformer_blocks)
+
+
+def _check_depths(student: nn.Module, teacher: nn.Module, down: list[_Kept], up: list[_Kept]) -> None:
+    """Each student attention has the depth the plan keeps, and the mid block the teacher's: diffusers sets the mid
+    block's depth from the innermost down stage's first attention, so a plan that changes that one alone has no
+    diffusers U-Net."""
+    for side, blocks in (("down", down), ("up", up)):
+        for j, kept in enumerate(blocks):
+            for r, layers in enumerate(kept.layers):
+                if _depth(getattr(student, f"{side}_blocks")[j].attentions[r]) != len(layers):
+                    raise PrunekitError(f"no diffusers config keeps {len(layers)} transformer layers in "
+                                        f"{kept.path}.attentions.{kept.attentions[r]}: remove other units.")
+    if getattr(teacher.mid_block, "attentions", None) and student.mid_block is not None:
+        want, got = _depth(teacher.mid_block.attentions[0]), _depth(student.mid_block.attentions[0])
+        if want != got:
+            raise PrunekitError(f"diffusers gives the mid block the depth of {down[-1].path}.attentions.0, which "
+                                f"would be {got}, not the mid block's {want}: keep that attention's layers, or "
+                                "remove the mid block too.")
 
 
 def _block_map(side: str, j: int, kept: _Kept, student_block: nn.Module) -> dict[str, str]:
     prefix = f"{side}_blocks.{j}"
     pairs = {f"{prefix}.resnets.{r}": f"{kept.path}.resnets.{t}" for r, t in enumerate(kept.resnets)}
     if getattr(student_block, "attentions", None):
-        pairs.update({f"{prefix}.attentions.{r}": f"{kept.path}.attentions.{t}" for r, t in enumerate(kept.attentions)})
+        for r, (t, layers) in enumerate(zip(kept.attentions, kept.layers)):
+            pairs[f"{prefix}.attentions.{r}"] = f"{kept.path}.attentions.{t}"
+            if layers != list(range(len(layers))):  # layers went: each kept one maps to its own teacher layer
+                pairs.update({f"{prefix}.attentions.{r}.transformer_blocks.{q}":
+                              f"{kept.path}.attentions.{t}.transformer_blocks.{k}" for q, k in enumerate(layers)})
     for sampler in ("downsamplers", "upsamplers"):
         if getattr(student_block, sampler, None) is not None:
             pairs[f"{prefix}.{sampler}.0"] = f"{kept.path}.{sampler}.0"
@@ -242,6 +291,7 @@ def student_config(teacher_config: dict, remove: list[str]) -> tuple[dict, dict[
     teacher = build_unet_meta(teacher_config)
     config, down, up = _config_and_blocks(teacher, list(remove))
     student = build_unet_meta(config)
+    _check_depths(student, teacher, down, up)
     weight_map = _weight_map(student, down, up)
     report, _ = check_map(student, teacher, weight_map)
     if not report.ok:

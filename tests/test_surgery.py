@@ -140,6 +140,70 @@ def test_removals_without_a_standard_student_are_refused(remove, message):
         student_config(TINY, remove)
 
 
-def test_single_transformer_layers_cannot_go():
-    with pytest.raises(PrunekitError, match="transformer layers"):
-        student_config({**TINY, "transformer_layers_per_block": 2}, ["down1.attn0.t1"])
+# SDXL's topology at small widths: transformer depths 1, 2, 3 by stage, micro-conditioning
+SDXL = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": [32, 64, 96],
+    "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": [2, 4, 8], "use_linear_projection": True,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "transformer_layers_per_block": [1, 2, 3],
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 16 + 48,
+}
+THIN = ["down2.attn1.t1", "up0.attn0.t0", "up0.attn2.t2", "up1.attn1.t1"]  # transformer layers of four attentions
+
+
+def sdxl_inputs():
+    generator = torch.Generator().manual_seed(1)
+    return {"sample": torch.randn(2, 4, 16, 16, generator=generator), "timestep": torch.tensor([7, 500]),
+            "encoder_hidden_states": torch.randn(2, 5, 32, generator=generator),
+            "added_cond_kwargs": {"text_embeds": torch.randn(2, 16, generator=generator),
+                                  "time_ids": torch.randn(2, 6, generator=generator)}}
+
+
+def test_transformer_layers_go_into_a_plain_diffusers_student(tmp_path):
+    """A plan that drops single transformer layers is a plain UNet2DConditionModel with per-layer depths, copied
+    exactly, equal in output to the teacher with those layers ablated, and reloaded by from_pretrained."""
+    from prunekit.ablation import ablate
+    from prunekit.plan import make_plan
+
+    torch.manual_seed(0)
+    teacher = UNet2DConditionModel.from_config(SDXL).eval()
+    plan = make_plan("tiny-sdxl-shaped", dict(teacher.config), THIN, "test")
+    assert plan.kind == "diffusers"
+    assert plan.student_config["transformer_layers_per_block"] == [1, [2, 2], [3, 2]]
+    assert plan.student_config["reverse_transformer_layers_per_block"] == [[2, 3, 2], [2, 1, 2], 1]
+    student, report = build_student(teacher, plan)
+    assert report.ok and type(student) is UNet2DConditionModel
+    assert sum(p.numel() for p in student.parameters()) == plan.predicted["params"]
+    # up0.attn0 lost its layer 0: its first layer is the teacher's second
+    assert torch.equal(student.up_blocks[0].attentions[0].transformer_blocks[0].ff.net[2].weight,
+                       teacher.up_blocks[0].attentions[0].transformer_blocks[1].ff.net[2].weight)
+    with torch.no_grad():
+        got = student(**sdxl_inputs()).sample
+        with ablate(teacher, THIN):
+            want = teacher(**sdxl_inputs()).sample
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    student.save_pretrained(tmp_path / "student")
+    again = UNet2DConditionModel.from_pretrained(tmp_path / "student")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), student.state_dict().values()))
+
+
+@pytest.mark.parametrize("remove, message", [
+    (["down2.attn0.t1"], "gives the mid block the depth of down_blocks.2.attentions.0"),
+    (["down1.attn0.t0", "down1.attn0.t1"], "every transformer layer of down_blocks.1.attentions.0 would go"),
+])
+def test_transformer_layers_without_a_diffusers_student_are_refused(remove, message):
+    with pytest.raises(PrunekitError, match=message):
+        student_config(SDXL, remove)
+
+
+def test_the_innermost_attention_may_thin_when_the_mid_block_goes():
+    config, _ = student_config(SDXL, ["down2.attn0.t1", "mid"])
+    assert config["mid_block_type"] is None and config["transformer_layers_per_block"][2] == [2, 3]
+
+
+def test_sdxl_base_loses_transformer_layers_at_their_exact_cost():
+    """Five depth-10 layers at 1,280 channels (34,755,840 parameters each) and one at 640 (10,005,120)."""
+    config = unet_config("sdxl-base")
+    remove = [f"down2.attn1.t{k}" for k in range(5, 10)] + ["up1.attn2.t1"]
+    student, _ = student_config(config, remove)
+    assert params(student) == params(config) - 5 * 34_755_840 - 10_005_120 == 2_383_679_364
