@@ -373,6 +373,16 @@ def test_a_plan_meets_every_bound_and_is_warned_of_when_its_costs_part(tmp_path)
         plan(model, budget="params=0.9,macs=0.01", sensitivity=run, out=tmp_path / "x.json", progress=False)
 
 
+def test_the_summary_says_when_a_preset_beats_the_plan_within_its_budget(tmp_path):
+    run = write_run(tmp_path / "run", TINY, random_table(TINY, seed=5))
+    made = plan(str(write_config(tmp_path)), budget=0.9, sensitivity=run, out=tmp_path / "p.json", progress=False)
+    presets = made.provenance["planner"]["presets"]
+    assert "note:" not in summary(made)  # no preset within 0.9 of the parameters scores below the plan here
+    fits = next(name for name, row in presets.items() if row["params_fraction"] <= 0.9)
+    presets[fits]["loss"] = made.predicted["loss"] / 2
+    assert f"note: {fits} fits the budget at a lower loss" in summary(made) and "--method optuna" in summary(made)
+
+
 def test_cli_takes_bounds_on_several_costs(tmp_path, capsys):
     run = write_run(tmp_path / "run", TINY, pointing_at("bk-small", TINY))
     model = str(write_config(tmp_path))

@@ -351,6 +351,15 @@ def summary(result: Plan) -> str:
     lines.append(row("this plan", predicted))
     lines += [row(name, values) for name, values in info.get("presets", {}).items()]
     lines.append("  removes: " + (" ".join(result.remove) or "nothing"))
+    better = [(name, values["loss"]) for name, values in info.get("presets", {}).items()
+              if values.get("loss") is not None and predicted.get("loss") is not None
+              and values["loss"] < predicted["loss"]
+              and budget.fits({c: values[f"{c}_fraction"] for c in budget.metrics if f"{c}_fraction" in values})]
+    if better:
+        name, loss = min(better, key=lambda item: item[1])
+        lines.append(f"  note: {name} fits the budget at a lower loss ({loss:.4g} against {predicted['loss']:.4g}): "
+                     + ("greedy search is not exhaustive; --method optuna searches the space" if
+                        result.method == "greedy" else "the search did not reach it; give it more --trials"))
     if "warning" in info:
         lines.append(f"  warning: {info['warning']}")
     if "latency" in info:
