@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the whole loop on the bundled tiny-sd, offline",
                                description="inspect -> sensitivity -> plan -> distill -> evaluation -> the "
                                            "preset distilled the same way -> report, on the bundled tiny-sd, "
-                                           "offline (about DEMO_MINUTES minutes on 2 CPU cores). Rerunning resumes.")
+                                           "offline (about 11 minutes on 2 CPU cores). Rerunning resumes.")
     demo.add_argument("--out", default="runs/demo", help="the run directory (default runs/demo)")
     demo.add_argument("--num-prompts", type=int, default=16, help="prompts of the sensitivity sweep (default 16)")
     demo.add_argument("--budget", default="bk-small", metavar="BOUNDS",

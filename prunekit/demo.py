@@ -1,11 +1,11 @@
 """`prunekit demo`: the whole loop on the bundled tiny-sd, offline, in one run directory.
 
-inspect -> sensitivity (pair granularity, a few prompts) -> plan (at BK-SDM's bk-small's own parameters and
-MACs) -> distill (prunekit.distill.RECOVERY, the recipe that recovers the teacher) with its evaluation -> the
-bk-small preset distilled the same way (RUN/compare/bk-small), both written to comparison.csv -> report, whose
-verdict sets the plan's student against the teacher and the preset. Every stage is the same API call the CLI
-makes, so a demo run directory is an ordinary run directory: rerunning the demo resumes each stage (finished
-sensitivity units and distillation checkpoints are kept).
+inspect -> sensitivity (pair granularity, a few prompts) -> plan (Optuna over the diffusers space, which at
+bk-small's own parameters and MACs it searches whole) -> distill (prunekit.distill.RECOVERY, the recipe that
+recovers the teacher) with its evaluation -> the bk-small preset distilled the same way (RUN/compare/bk-small),
+both written to comparison.csv -> report, whose verdict sets the plan's student against the teacher and the
+preset. Every stage is the same API call the CLI makes, so a demo run directory is an ordinary run directory:
+rerunning the demo resumes each stage (finished sensitivity units and distillation checkpoints are kept).
 """
 from __future__ import annotations
 
@@ -34,12 +34,14 @@ class DemoSettings:
     compare: bool = True  # distil the budget's preset too, the same way, and compare
     distill_steps: int = RECOVERY.steps
     eval_num_prompts: int = 32
+    num_examples: int | None = None  # training examples (default: the shapes world's 10,000)
     seed: int = 0
 
     def __post_init__(self):
         for name in ("num_prompts", "steps", "distill_steps", "eval_num_prompts"):
             check_count(name, getattr(self, name))
         check_count("seed", self.seed, minimum=0)
+        check_count("num_examples", self.num_examples, optional=True)
         if self.budget not in PRESETS:
             Budget.parse(self.budget)
             if self.compare:
@@ -54,7 +56,7 @@ class DemoSettings:
         """The distillation of every student of the demo."""
         return replace(RECOVERY, steps=self.distill_steps, warmup=min(RECOVERY.warmup, self.distill_steps // 4),
                        seed=self.seed, checkpoint_every=max(1, self.distill_steps // 4), resume=resume,
-                       eval_num_prompts=self.eval_num_prompts, eval_steps=self.steps)
+                       eval_num_prompts=self.eval_num_prompts, eval_steps=self.steps, num_examples=self.num_examples)
 
 
 class _Stages:
@@ -75,12 +77,13 @@ class _Stages:
         return (time.perf_counter() - self.began) / 60
 
 
-def _distill(plan_path: Path, out: Path, settings: DemoSettings, progress: bool) -> dict:
-    """Distil the student of `plan_path` into `out` by the demo's recipe (resuming its checkpoints), printing its
-    evaluation; returns the evaluation."""
+def _distill(plan_path: Path, out: Path, run, settings: DemoSettings, progress: bool) -> dict:
+    """Distil the student of `plan_path` into `out` by the demo's recipe (resuming its checkpoints; every student
+    of the run directory `run` trains from one latent cache), printing its evaluation; returns the evaluation."""
     from prunekit.distill import checkpoints, describe, distill
 
-    recipe = replace(settings.recipe(bool(checkpoints.complete(out / "checkpoints"))), progress=progress)
+    recipe = replace(settings.recipe(bool(checkpoints.complete(out / "checkpoints"))), progress=progress,
+                     cache_dir=str(run.path / "cache"))
     evaluation = distill(plan_path, out=out, options=recipe)["eval"] or {}
     for line in describe(evaluation):
         print(f"   {line}")
@@ -115,13 +118,13 @@ def demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(),
 
     cost = f"{settings.budget}'s own parameters and MACs" if settings.budget in PRESETS else settings.budget
     with stages.stage(f"plan: the least-loss student within {cost}"):
-        student_plan = plan(MODEL, budget=settings.budget, sensitivity=str(out), method="greedy", seed=settings.seed,
+        student_plan = plan(MODEL, budget=settings.budget, sensitivity=str(out), method="optuna", seed=settings.seed,
                             force=True, progress=progress)  # a rerun makes the same plan again
         print(summary(student_plan))
 
     with stages.stage(f"distill: retrain the student for {settings.distill_steps} steps (task + output KD + "
                       "feature KD, the recovery recipe)"):
-        mine = _distill(run.plan_path, run.distill, settings, progress)
+        mine = _distill(run.plan_path, run.distill, run, settings, progress)
 
     if settings.compare:
         preset = run.compare / settings.budget
@@ -129,7 +132,7 @@ def demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(),
             model = resolve_model(MODEL)
             preset_plan = make_preset(settings.budget, MODEL, model.config)
             preset_plan.save(preset / "plan.json")
-            theirs = _distill(preset / "plan.json", preset / "distill", settings, progress)
+            theirs = _distill(preset / "plan.json", preset / "distill", run, settings, progress)
             budget = Budget.parse(student_plan.budget)
             rows = [comparison.row(budget, name, made, [headline(evaluation[final_student(evaluation)])])
                     for name, made, evaluation in ((f"prunekit ({student_plan.method})", student_plan, mine),
