@@ -11,6 +11,7 @@ back unchanged. A free plan's student keeps prunekit's stand-ins, which no other
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -161,5 +162,8 @@ def export(student: str | Path, out: str | Path, format: str = "single-file", un
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     save_file(tensors, str(partial), metadata={"format": "pt", "prunekit": "student"})
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o666 & ~umask)  # safetensors writes 0600; a checkpoint is shared like any other file
     partial.replace(out)  # a finished file or none
     return out

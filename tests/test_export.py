@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -73,6 +75,9 @@ def test_unet_only_and_the_cli(tiny, tmp_path, capsys):
     out = tmp_path / "unet.safetensors"
     assert main(["export", str(tmp_path / "distill" / "student"), "-o", str(out), "--unet-only"]) == 0
     assert str(out) in capsys.readouterr().out
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # as any file the user writes, not 0600
     checkpoint = load_file(out)
     assert all(key.startswith(UNET_PREFIX) for key in checkpoint)
     assert same(single_file_utils.convert_ldm_unet_checkpoint(checkpoint, dict(unet.config)), unet.state_dict()) == []
