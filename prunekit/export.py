@@ -30,11 +30,6 @@ _RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj",
 _VAE_ATTENTION = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out"))
 
 
-def _layers(config: dict, stage: int) -> int:
-    layers = config["layers_per_block"]
-    return layers if isinstance(layers, int) else layers[stage]
-
-
 def unet_modules(unet) -> dict[str, tuple[str, tuple]]:
     """Each U-Net module that holds tensors: its LDM name and the renames of its inner tensors."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING

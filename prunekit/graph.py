@@ -8,7 +8,7 @@ deep any of them lies.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -49,11 +49,6 @@ class Unit:
                 if inside(mine, theirs) or inside(theirs, mine):
                     return min(mine, theirs, key=len)
         return None
-
-    def as_row(self) -> dict:
-        row = asdict(self)
-        row["modules"] = " ".join(self.modules)
-        return row
 
 
 def inside(path: str, container: str) -> bool:
