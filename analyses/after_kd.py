@@ -12,7 +12,8 @@ score, mean and sd over the seeds. A plan beats the preset when its mean exceeds
 twice the larger of the two sds. Each objective's prediction (its loss: the additive sum, the measured loss on
 8 prompts, the recoverable loss after the first rung) is correlated with the quality after retraining
 (Spearman, over every candidate; lower loss should mean higher quality). The recoverable search's cost is its
-KD steps and wall time against one distillation of the recipe. Everything finished is kept in --work: a rerun
+KD steps and wall time against one distillation of the recipe (the time of the run that searched, kept in
+WORK/PRESET/search-OBJECTIVE.json, as a rerun resumes the search from its storage). Everything finished is kept in --work: a rerun
 measures only what is missing. Writes into --out: results.csv, table.md, plot.png; and every candidate into the
 sweep's comparison.csv (prunekit.comparison), so `prunekit report WORK/sweep` sets them side by side.
 """
@@ -84,12 +85,16 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
     space = DiffusersSpace(model.config)
     found = [{"method": f"preset:{preset}", "remove": preset_remove(preset, model.config)}]
     for objective in OBJECTIVES:
+        timing = work / f"search-{objective}.json"  # the first search's wall time: a rerun resumes from storage
         started = time.perf_counter()
         measure = deferred_measurer(model.name, str(run.path)) if objective == "measured" else None
         made = plan(model, budget=budget, sensitivity=str(run.path), objective=objective, method="optuna",
                     trials=100, measure=measure, recover=RecoverOptions(first_rung=args.first_rung, pool=args.pool),
                     out=work / f"plan-{objective}.json", force=True, progress=False)
-        found.append({"method": objective, "remove": made.remove, "search_seconds": time.perf_counter() - started,
+        if not timing.is_file():
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
+        seconds = json.loads(timing.read_text())["seconds"]  # null: searched before times were kept
+        found.append({"method": objective, "remove": made.remove, "search_seconds": seconds,
                       "kd_steps": made.provenance["planner"].get("kd_steps")})
     costs = lambda state: {m: space.fraction(state, m) for m in ("params", "macs")}  # noqa: E731
     for index, chosen in enumerate(random_plans(feasible(space, costs, budget), budget, args.random, args.seed,
@@ -281,8 +286,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             comparison.write(run.comparison_path, compared)
             print(rows[-1]["preset"], rows[-1]["method"], scores, flush=True)
             if "recoverable" in candidate["method"]:
+                seconds = candidate.get("search_seconds")  # None: searched by an earlier run that kept no time
                 cost_rows.append({"preset": preset, "kd_steps": candidate.get("kd_steps"),
-                                  "search_minutes": candidate.get("search_seconds", 0) / 60})
+                                  "search_minutes": float("nan") if seconds is None else seconds / 60})
     distill_minutes = statistics.median(  # training alone, the latent cache built once for all
         json.loads(p.read_text())["seconds"] / 60 for p in args.work.glob("*/*/seed*/checkpoints/*/trainer_state.json"))
     for row in cost_rows:
