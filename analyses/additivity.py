@@ -30,10 +30,9 @@ import matplotlib
 import pandas as pd
 from scipy.stats import pearsonr, spearmanr
 
-from prunekit.errors import PrunekitError
 from prunekit.graph import all_units
 from prunekit.models import resolve_model
-from prunekit.plan import PRESETS, preset_remove
+from prunekit.plan import preset_remove, presets_for
 from prunekit.planner.measured import measurer
 from prunekit.planner.objective import Additive
 from prunekit.planner.space import DiffusersSpace
@@ -46,11 +45,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file backend)
 def candidates(space: DiffusersSpace, config: dict, count: int, seed: int) -> list[tuple[str, list[str]]]:
     """(kind, units removed) for the presets that fit, then random plans of `space`, `count` in all, no repeats."""
     plans: dict[str, tuple[str, list[str]]] = {}
-    for name in PRESETS:
-        try:
-            remove = preset_remove(name, config)
-        except PrunekitError:  # the preset does not fit this U-Net
-            continue
+    for name in presets_for(config):
+        remove = preset_remove(name, config)
         plans[" ".join(remove)] = (f"preset:{name}", remove)
     rng = random.Random(seed)
     for _ in range(100 * count):
@@ -112,7 +108,7 @@ def main() -> None:
     config = model.config
     run.check_model(model.fingerprint)
     additive = Additive(run.sensitivities(), all_units(config, costs=False), run.table_path)
-    space = DiffusersSpace(config)
+    space = DiffusersSpace(config, scorable=additive.scores)  # the planner's space for this sweep
     measure = measurer(model, sensitivity=run.path, num_prompts=args.num_prompts or info.args["num_prompts"],
                        steps=args.steps, device=args.device)
     rule = measure.rule

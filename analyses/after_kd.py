@@ -1,11 +1,16 @@
-"""The study that settles it: prunekit's plans against BK-SDM's presets after equal retraining, on tiny-sd.
+"""The study that settles it: prunekit's plans against the presets after equal retraining, on a bundled model.
 
-    python analyses/after_kd.py [--presets bk-base,bk-small,bk-tiny] [--seeds 0,1,2] [--steps 300] [--random 4]
-        [--num-prompts 100] [--work runs/after_kd] [--out reports/after_kd]
+    python analyses/after_kd.py [--model tiny-sd] [--presets bk-base,bk-small,bk-tiny] [--seeds 0,1,2]
+        [--steps 300] [--random 4] [--num-prompts 100] [--granularity pair|block]
+        [--objectives additive,measured,recoverable] [--work runs/after_kd] [--out reports/after_kd]
+
+The sweep is at pair granularity (then stages), or with `--granularity block` at block granularity, whose
+transformer layers the planner may then remove (SDXL). A space too large to list (transformer depths) gives its
+random plans by sampling, and has no recoverable search.
 
 At each preset's own cost (a budget of its parameters and its MACs, both at most the preset's), the candidates
 are the preset, the plans of the additive, measured and recoverable objectives (prunekit.planner, from one
-full sensitivity sweep of tiny-sd), and `--random` random plans of the diffusers space within the budget that
+full sensitivity sweep of the model), and `--random` random plans of the diffusers space within the budget that
 use at least 90% of a bound. Every distinct candidate is distilled with one recipe (the same steps, data and
 settings; `--seeds` seeds each) and scored on held-out shapes prompts; its quality is attributes-all and CLIP
 score, mean and sd over the seeds. A plan beats the preset when its mean exceeds the preset's by more than
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import statistics
 import time
 from pathlib import Path
@@ -44,11 +50,11 @@ from prunekit.planner.budget import Budget  # noqa: E402
 from prunekit.planner.cache import Cache  # noqa: E402
 from prunekit.planner.measured import deferred_measurer  # noqa: E402
 from prunekit.planner.objective import Additive  # noqa: E402
-from prunekit.planner.recoverable import RecoverOptions, Recoverable, feasible, random_plans  # noqa: E402
+from prunekit.planner.recoverable import ENUMERABLE, RecoverOptions, Recoverable, feasible, random_plans  # noqa: E402
 from prunekit.planner.space import DiffusersSpace  # noqa: E402
 from prunekit.rundir import RunDir  # noqa: E402
 from prunekit.sensitivity import sensitivity  # noqa: E402
-from prunekit.students import load_student_unet  # noqa: E402
+from prunekit.students import load_student_unet, pipeline_with  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -78,13 +84,28 @@ def budget_of(model, preset: str) -> Budget:
     return Budget.parse({"params": up(made["params_fraction"]), "macs": up(made["macs_fraction"])})
 
 
+def sampled(space: DiffusersSpace, costs, budget: Budget, count: int, seed: int, exclude) -> list[dict]:
+    """`count` random plans of a space too large to list: states drawn uniformly (seeded) within the budget and
+    using at least 90% of a bound, none of `exclude`."""
+    rng, found = random.Random(seed), {}
+    for _ in range(200_000):
+        state = space.sample(rng)
+        spent, remove = costs(state), space.remove(state)
+        if budget.fits(spent) and max(spent[m] / budget[m] for m in budget.metrics) >= 0.9 and remove not in exclude:
+            found.setdefault(" ".join(remove), {"remove": remove, "costs": spent})
+            if len(found) == count:
+                break
+    return list(found.values())
+
+
 def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path) -> list[dict]:
-    """The preset, the three objectives' plans and the random plans at `budget` (duplicates merged)."""
+    """The preset, the objectives' plans and the random plans at `budget` (duplicates merged)."""
     from prunekit.plan import preset_remove
 
-    space = DiffusersSpace(model.config)
+    additive = Additive(run.sensitivities(), all_units(model.config, costs=False))
+    space = DiffusersSpace(model.config, scorable=additive.scores)  # the planner's space for this sweep
     found = [{"method": f"preset:{preset}", "remove": preset_remove(preset, model.config)}]
-    for objective in OBJECTIVES:
+    for objective in args.objectives:
         timing = work / f"search-{objective}.json"  # the first search's wall time: a rerun resumes from storage
         started = time.perf_counter()
         measure = deferred_measurer(model.name, str(run.path)) if objective == "measured" else None
@@ -97,8 +118,10 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
         found.append({"method": objective, "remove": made.remove, "search_seconds": seconds,
                       "kd_steps": made.provenance["planner"].get("kd_steps")})
     costs = lambda state: {m: space.fraction(state, m) for m in ("params", "macs")}  # noqa: E731
-    for index, chosen in enumerate(random_plans(feasible(space, costs, budget), budget, args.random, args.seed,
-                                                [c["remove"] for c in found])):
+    exclude = [c["remove"] for c in found]
+    chosen = (random_plans(feasible(space, costs, budget), budget, args.random, args.seed, exclude)
+              if space.size() <= ENUMERABLE else sampled(space, costs, budget, args.random, args.seed, exclude))
+    for index, chosen in enumerate(chosen):
         found.append({"method": f"random {index + 1}", "remove": chosen["remove"]})
     merged: dict[str, dict] = {}
     for candidate in found:  # one candidate per distinct plan; its methods joined
@@ -128,7 +151,7 @@ def retrain(model, remove: list[str], folder: Path, args) -> list[dict]:
                         options=recipe(args, seed, bool(checkpoints.complete(out / "checkpoints"))))
             teacher = model.pipeline()
             unet = load_student_unet(out / "student_ema")
-            pipe = type(teacher)(**{**teacher.components, "unet": unet.eval()}, requires_safety_checker=False)
+            pipe = pipeline_with(teacher, unet.eval())
             result_path.write_text(json.dumps(quality(model, pipe, args)))
         scores.append({"seed": seed, **json.loads(result_path.read_text())})
     return scores
@@ -137,16 +160,15 @@ def retrain(model, remove: list[str], folder: Path, args) -> list[dict]:
 
 def predictions(model, run: RunDir, remove: list[str], args) -> dict[str, float]:
     """Each objective's loss for a candidate (lower should mean better after retraining)."""
-    config = model.config
-    additive = Additive(run.sensitivities(), all_units(config, costs=False))
-    measured = Cache(run.cache_path, "measured")
-    measure = deferred_measurer(model.name, str(run.path))
     from prunekit.planner.objective import Measured
 
-    recoverable = Recoverable(model, run, RecoverOptions(first_rung=args.first_rung, pool=args.pool),
-                              Cache(run.cache_path, "recoverable"))
-    return {"additive": additive(remove), "measured": Measured(measure, measured)(remove),
-            "recoverable": recoverable.predict(remove)}
+    losses = {"additive": lambda: Additive(run.sensitivities(), all_units(model.config, costs=False))(remove),
+              "measured": lambda: Measured(deferred_measurer(model.name, str(run.path)),
+                                           Cache(run.cache_path, "measured"))(remove),
+              "recoverable": lambda: Recoverable(model, run,
+                                                 RecoverOptions(first_rung=args.first_rung, pool=args.pool),
+                                                 Cache(run.cache_path, "recoverable")).predict(remove)}
+    return {objective: losses[objective]() for objective in args.objectives}
 
 
 def summarise(rows: list[dict]) -> pd.DataFrame:
@@ -157,12 +179,12 @@ def summarise(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def verdicts(frame: pd.DataFrame) -> list[dict]:
+def verdicts(frame: pd.DataFrame, objectives) -> list[dict]:
     """Per budget and objective: its plan against the preset, by more than 2 sd (the larger of the two)."""
     out = []
     for preset, group in frame.groupby("preset"):
         base = group[group["method"].str.contains("preset:")].iloc[0]
-        for objective in OBJECTIVES:
+        for objective in objectives:
             row = group[group["method"].str.contains(objective)].iloc[0]
             entry = {"preset": preset, "objective": objective, "same plan": row["method"] == base["method"]}
             for key in QUALITY:
@@ -175,9 +197,9 @@ def verdicts(frame: pd.DataFrame) -> list[dict]:
     return out
 
 
-def correlations(frame: pd.DataFrame) -> list[dict]:
+def correlations(frame: pd.DataFrame, objectives) -> list[dict]:
     rows = []
-    for objective in OBJECTIVES:
+    for objective in objectives:
         row = {"objective": objective}
         for key in QUALITY:
             row[f"{key} (all)"] = float(spearmanr(-frame[f"pred_{objective}"], frame[f"{key}_mean"]).statistic)
@@ -221,24 +243,30 @@ def write(out: Path, frame: pd.DataFrame, teacher: dict, args, cost: dict) -> No
     plt.close(figure)
     shown = frame.assign(attr=frame.apply(lambda r: f"{r['attr_all_mean']:.3f} ± {r['attr_all_sd']:.3f}", axis=1),
                          clip=frame.apply(lambda r: f"{r['clip_score_mean']:.2f} ± {r['clip_score_sd']:.2f}", axis=1))
-    lines = ["# After retraining: planned students against BK-SDM's presets on tiny-sd", "",
-             f"`python analyses/after_kd.py --seeds {','.join(map(str, args.seeds))} --steps {args.steps} "
-             f"--random {args.random} --num-prompts {args.num_prompts}`. Every candidate is distilled with the same "
+    command = (f"--model {args.model} --presets {args.presets} --granularity {args.granularity} --objectives "
+               f"{','.join(args.objectives)} --seeds {','.join(map(str, args.seeds))} --steps {args.steps} "
+               f"--random {args.random} --num-prompts {args.num_prompts}")
+    searched = "recoverable" in args.objectives
+    lines = [f"# After retraining: planned students against the presets on {args.model}", "",
+             f"`python analyses/after_kd.py {command}`. Every candidate is distilled with the same "
              f"recipe ({args.steps} steps, batch 32, lr 5e-4 cosine, EMA, caption dropout 0.1, task + output KD + "
              f"feature KD) and scored on {args.num_prompts} held-out shapes prompts; mean ± sd over seeds "
              f"{', '.join(map(str, args.seeds))}. Teacher: attributes-all {teacher['attr_all']:.3f}, CLIP "
              f"{teacher['clip_score']:.2f}.", "",
              "## Candidates", "",
              markdown(shown, ["preset", "method", "params_fraction", "macs_fraction", "attr", "clip",
-                              "pred_additive", "pred_measured", "pred_recoverable"]), "",
+                              *(f"pred_{objective}" for objective in args.objectives)]), "",
              "## Each objective's plan against the preset (beats: by more than 2 sd)", "",
-             markdown(verdicts(frame), ["preset", "objective", "same plan", "attr_all diff", "attr_all 2sd",
-                                        "attr_all beats", "clip_score diff", "clip_score 2sd", "clip_score beats"]),
+             markdown(verdicts(frame, args.objectives),
+                      ["preset", "objective", "same plan", "attr_all diff", "attr_all 2sd", "attr_all beats",
+                       "clip_score diff", "clip_score 2sd", "clip_score beats"]),
              "", "## How well each objective predicts quality after retraining (Spearman of -loss with quality)", "",
-             markdown(correlations(frame), ["objective", "attr_all (all)", "attr_all (within budgets)",
-                                            "clip_score (all)", "clip_score (within budgets)"]), "",
-             "## The recoverable search's cost", "",
-             markdown(cost["rows"], ["preset", "kd_steps", "kd_ratio", "search_minutes", "wall_ratio"]), "",
+             markdown(correlations(frame, args.objectives),
+                      ["objective", "attr_all (all)", "attr_all (within budgets)", "clip_score (all)",
+                       "clip_score (within budgets)"]), "",
+             *(["## The recoverable search's cost", "",
+                markdown(cost["rows"], ["preset", "kd_steps", "kd_ratio", "search_minutes", "wall_ratio"]), ""]
+               if searched else []),
              f"A distillation of the recipe: {args.steps} KD steps, {cost['distill_minutes']:.2f} min of training "
              "(median of the study's runs).", ""]
     (out / "table.md").write_text("\n".join(lines))
@@ -246,7 +274,11 @@ def write(out: Path, frame: pd.DataFrame, teacher: dict, args, cost: dict) -> No
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-sd", help="a bundled model (tiny-sd, tiny-sdxl)")
     parser.add_argument("--presets", default="bk-base,bk-small,bk-tiny")
+    parser.add_argument("--granularity", choices=("pair", "block"), default="pair",
+                        help="the sweep's: pairs then stages, or blocks (transformer layers too)")
+    parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="the planner objectives compared")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=300, help="KD steps of the recipe")
     parser.add_argument("--random", type=int, default=4, help="random plans per budget")
@@ -259,11 +291,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--out", default="reports/after_kd")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.objectives = args.objectives.split(",")
     args.work = Path(args.work)
-    model = resolve_model("tiny-sd")
+    model = resolve_model(args.model)
     run = RunDir(args.work / "sweep")
-    sensitivity(model, str(run.path), granularity="pair", num_prompts=args.sweep_prompts, progress=False)
-    sensitivity(model, str(run.path), granularity="stage", num_prompts=args.sweep_prompts, progress=False)
+    for granularity in ("pair", "stage") if args.granularity == "pair" else ("block",):
+        sensitivity(model, str(run.path), granularity=granularity, num_prompts=args.sweep_prompts, progress=False)
 
     rows, timings, cost_rows, compared = [], [], [], []
     for preset in args.presets.split(","):

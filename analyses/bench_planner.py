@@ -14,7 +14,6 @@ bought with worse plans.
 from __future__ import annotations
 
 import argparse
-import itertools
 import random
 import statistics
 import tempfile
@@ -32,17 +31,10 @@ from prunekit.planner.greedy import greedy
 from prunekit.planner.objective import Additive
 from prunekit.rundir import RunDir
 from prunekit.planner.search import best_trial, search
-from prunekit.planner.space import DiffusersSpace, FreeSpace, Layout
+from prunekit.planner.space import DiffusersSpace, FreeSpace
 
 BUDGETS = (0.675, 0.562, 0.377, 0.5)
 GREEDY_TARGET, OPTUNA_TARGET, TRIALS = 1.0, 30.0, 200
-
-
-def all_states(space: DiffusersSpace):
-    full = space.full()
-    for m, mid in space.cores:
-        for combo in itertools.product(*space.options[:space.n - m]):
-            yield Layout(m, mid, tuple(combo) + full.stages[space.n - m:])
 
 
 def sqlite(folder: str, name: str):
@@ -81,7 +73,7 @@ def main() -> None:
     def loss(state):
         return objective(space.remove(state))
 
-    everything = [(cost(s), loss(s)) for s in all_states(space)]
+    everything = [(cost(s), loss(s)) for s in space.states()]
     pruned = space.undominated(["params"], objective.unit)
     print(f"SD-v1.4 diffusers space: {space.size()} plans ({pruned.size()} after pruning dominated choices); "
           f"built in {build:.1f}s (unit costs on the meta device, not timed below)")

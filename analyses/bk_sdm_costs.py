@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from prunekit.costs import unet_costs  # noqa: E402
 from prunekit.models import unet_config  # noqa: E402
-from prunekit.plan import PRESETS, make_preset  # noqa: E402
+from prunekit.plan import make_preset, presets_for  # noqa: E402
 
 # What BK-SDM and the issue state (U-Net parameters exactly; MACs per step at 512 px, batch 1).
 PAPER = {
@@ -41,7 +41,7 @@ def rows(models=("sd-v1-4", "sd-v2-1-base")) -> list[dict]:
         config = unet_config(model)
         teacher = unet_costs(config)
         students = {"teacher": (config, teacher)}
-        for preset in PRESETS:
+        for preset in presets_for(config):
             plan = make_preset(preset, model, config)
             students[preset] = (plan.student_config, unet_costs(plan.student_config))
         for name, (_, costs) in students.items():

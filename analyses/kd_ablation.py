@@ -31,6 +31,7 @@ from prunekit.distill import checkpoints, distill  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
 from prunekit.models import resolve_model  # noqa: E402
 from prunekit.plan import make_preset  # noqa: E402
+from prunekit.students import pipeline_with  # noqa: E402
 from prunekit.surgery import build_student  # noqa: E402
 
 ARMS = {  # row name: (lambda_task, lambda_out, lambda_feat)
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     measured = Scores(work / f"scores-{args.num_prompts}prompts-{args.eval_steps}steps-g{args.guidance:g}-{clip}.json")
     teacher = model.pipeline()
     surgery, _ = build_student(teacher.unet, plan)
-    surgery_pipe = type(teacher)(**{**teacher.components, "unet": surgery}, requires_safety_checker=False)
+    surgery_pipe = pipeline_with(teacher, surgery)
     rows = {"teacher": [measured.get("teacher", lambda: scores(model, teacher, args, device))],
             "surgery (no retraining)": [measured.get("surgery", lambda: scores(model, surgery_pipe, args, device))]}
     losses = {}

@@ -19,7 +19,6 @@ captioned-shapes prompts: CLIP score and attribute accuracy. Writes into --out:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from prunekit.errors import PrunekitError
 from prunekit.evaluate import evaluate
 from prunekit.graph import all_units
 from prunekit.models import resolve_model
-from prunekit.plan import PRESETS, make_preset
+from prunekit.plan import make_preset, presets_for
 from prunekit.planner import plan
 from prunekit.planner.measured import unet_swapped
 from prunekit.planner.objective import Additive
@@ -51,11 +50,8 @@ def find_plans(model: str, config: dict, run: Path, budgets: list[float], method
     rows = [{"plan": "teacher", "method": "teacher", "budget": 1.0, "params_fraction": 1.0, "macs_fraction": 1.0,
              "predicted_loss": 0.0, "remove": []}]
     preset_costs = {}
-    for name in PRESETS:
-        try:
-            preset = make_preset(name, model, config)
-        except PrunekitError:  # the preset does not fit this U-Net
-            continue
+    for name in presets_for(config):
+        preset = make_preset(name, model, config)
         cost = math.ceil(preset.predicted["params_fraction"] * 1e4) / 1e4  # a budget the preset itself meets
         preset_costs[name] = cost
         rows.append({"plan": f"preset:{name}", "method": "preset", "budget": cost,

@@ -33,6 +33,7 @@ from prunekit.distill import RECOVERY, DistillOptions, checkpoints, distill  # n
 from prunekit.evaluate import evaluate  # noqa: E402
 from prunekit.models import resolve_model  # noqa: E402
 from prunekit.plan import Plan, make_preset  # noqa: E402
+from prunekit.students import pipeline_with  # noqa: E402
 from prunekit.surgery import build_student  # noqa: E402
 
 matplotlib.use("Agg")
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     for folder in checkpoints.complete(work / "distill" / "checkpoints"):
         step = checkpoints.read_state(folder).step
         student.load_state_dict(checkpoint_weights(folder, args.ema))
-        pipe = type(teacher)(**{**teacher.components, "unet": student.eval()}, requires_safety_checker=False)
+        pipe = pipeline_with(teacher, student.eval())
         values = score(model, pipe, args.curve_prompts)
         rows.append({"step": step, "minutes": seconds[step] / 60, **values,
                      **{f"{key}_recovered": values[key] / scores["teacher"][key] for key in values}})

@@ -10,6 +10,7 @@ from prunekit.errors import PrunekitError
 from prunekit.export import FORMATS
 from prunekit.quiet import quiet_libraries
 
+PRESET_NAMES = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like")  # prunekit.plan.PRESETS, without torch
 MODEL_HELP = "an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, tiny-sd), a hub id or a local diffusers directory"
 GUIDANCE_HELP = "classifier-free guidance scale (default: the model card's; 7.5 for SD)"
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)"
@@ -59,7 +60,7 @@ def _plan(args) -> None:
         check_count("measure_steps", args.measure_steps, optional=True)
         from prunekit.planner.measured import deferred_measurer
 
-        measure = deferred_measurer(args.model, args.sensitivity, num_prompts=args.measure_prompts,
+        measure = deferred_measurer(args.model, args.sensitivity, kind=args.kind, num_prompts=args.measure_prompts,
                                     steps=args.measure_steps, device=args.device)
     made = plan(args.model, options, measure=measure)
     print(summary(made))
@@ -185,8 +186,8 @@ def _plan_parser(commands) -> None:
                                            "MACs or latency, found by greedy or Optuna from a sensitivity run.")
     plan.add_argument("--model", default="sd-v1-4", help=MODEL_HELP)
     what = plan.add_mutually_exclusive_group(required=True)
-    what.add_argument("--preset", choices=("bk-base", "bk-small", "bk-tiny"),
-                      help="BK-SDM's plans, defined by topology")
+    what.add_argument("--preset", choices=PRESET_NAMES,
+                      help="a plan defined by topology: BK-SDM's (SD-1.x, SD-2.x), koala-like or ssd-like (SDXL)")
     what.add_argument("--budget", metavar="BOUNDS",
                       help="the student keeps at most these fractions of the teacher's costs, each bound met: "
                            "params=0.6,macs=0.65 or latency=0.7 (timed on --device); a bare F bounds --metric; a "
@@ -255,6 +256,9 @@ def _distill_parser(commands) -> None:
         distill.add_argument(f"--lambda-{name}", type=float, default=1.0, help=f"weight of {what} (default 1)")
     distill.add_argument("--feat-norm", choices=("none", "teacher"), default="none",
                          help="divide each feature term by the teacher feature's mean square (teacher)")
+    distill.add_argument("--feat-layers", choices=("block-out", "self-attn"), default="block-out",
+                         help="features matched by feature KD: each stage's output (default, BK-SDM's) or each "
+                              "self-attention the student keeps (KOALA's finding for SDXL)")
     distill.add_argument("--caption-dropout", type=float, default=0.0,
                          help="share of examples trained on the empty caption, so that the unconditional branch "
                               "guidance needs is distilled too (default 0, BK-SDM's)")

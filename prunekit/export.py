@@ -6,7 +6,9 @@ The U-Net's keys follow its diffusers config, so a pruned student keeps the layo
 `input_blocks` count each down stage's layers plus its downsampler, `output_blocks` each up stage's layers,
 `middle_block` is absent when the mid block went. diffusers' single-file converters
 (diffusers.loaders.single_file_utils) read the file back; tests/test_export.py checks that every tensor comes
-back unchanged. A free plan's student keeps prunekit's stand-ins, which no other tool knows: it is refused.
+back unchanged. An SDXL student's U-Net exports the same way (its added embedding as `label_emb`); its two text
+encoders have no layout here, so only `--unet-only` is offered for it. A free plan's student keeps prunekit's
+stand-ins, which no other tool knows: it is refused.
 """
 from __future__ import annotations
 
@@ -34,8 +36,10 @@ def unet_modules(unet) -> dict[str, tuple[str, tuple]]:
     """Each U-Net module that holds tensors: its LDM name and the renames of its inner tensors."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 
-    names = {key.rsplit(".", 1)[0]: (ldm.rsplit(".", 1)[0], ())
-             for key, ldm in DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"].items()}
+    layers = dict(DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"])
+    if unet.config.addition_embed_type == "text_time":  # SDXL's pooled-text and time-id embedding: label_emb
+        layers |= DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]
+    names = {key.rsplit(".", 1)[0]: (ldm.rsplit(".", 1)[0], ()) for key, ldm in layers.items()}
     index = 1
     for d, block in enumerate(unet.down_blocks):
         for j in range(len(block.resnets)):
@@ -132,6 +136,9 @@ def single_file(pipe, unet_only: bool = False) -> dict[str, torch.Tensor]:
     tensors = renamed(pipe.unet.state_dict(), unet_modules(pipe.unet), UNET_PREFIX)
     if unet_only:
         return tensors
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise PrunekitError("an SDXL checkpoint holds two text encoders in a layout prunekit does not write: pass "
+                            "--unet-only for the U-Net alone.")
     text = pipe.text_encoder
     if type(text).__name__ != "CLIPTextModel" or text.config.hidden_act != "quick_gelu":
         raise PrunekitError("the text encoder is not SD-1.x's CLIP, whose layout a single file needs: pass "

@@ -283,17 +283,18 @@ class Model:
 
         kwargs = {"dtype": dtype, "use_safetensors": True}  # never torch.load a pickle
         if self.local:
-            _check_pipeline_dir(Path(self.location))
+            index = _check_pipeline_dir(Path(self.location))
             _ = self.config  # a garbled U-Net config is refused in one sentence before diffusers reads it
-            kwargs["safety_checker"] = None
+            if "safety_checker" in index:
+                kwargs["safety_checker"] = None
             return _loading(lambda: DiffusionPipeline.from_pretrained(self.location, local_files_only=True, **kwargs),
                             self.location)
         return from_hub(lambda local: DiffusionPipeline.from_pretrained(self.location, local_files_only=local,
                                                                         **kwargs), self.name)
 
 
-def _check_pipeline_dir(path: Path) -> None:
-    """Refuse a directory that is no diffusers pipeline, or whose model_index.json names code to run."""
+def _check_pipeline_dir(path: Path) -> dict:
+    """Refuse a directory that is no diffusers pipeline, or whose model_index.json names code to run; its index."""
     index = path / "model_index.json"
     if not index.is_file():
         raise PrunekitError(f"{path} is not a diffusers pipeline directory (no model_index.json).")
@@ -312,7 +313,7 @@ def _check_pipeline_dir(path: Path) -> None:
         if library is not None and str(library).split(".")[0] not in ("diffusers", "transformers", "prunekit"):
             raise PrunekitError(f"{index} loads its {component} from {library!r}: prunekit loads components from "
                                 "diffusers, transformers and prunekit only.")
-
+    return data
 
 def _loading(load, where: str):
     """`load()`, with the errors diffusers and transformers raise on a broken folder as one PrunekitError."""

@@ -25,8 +25,8 @@ from prunekit.errors import PrunekitError
 # diffusers' pipeline loader finds a component's loading method by looking its base classes up by name in the
 # component's module (model_index.json names ["prunekit.students", "FreeUNet2DConditionModel"]): ModelMixin must
 # be found here.
-__all__ = ["FreeUNet2DConditionModel", "ModelMixin", "free_unet", "load_student", "load_student_unet", "swap_in",
-           "write_manifest"]
+__all__ = ["FreeUNet2DConditionModel", "ModelMixin", "free_unet", "load_student", "load_student_unet",
+           "pipeline_with", "swap_in", "write_manifest"]
 
 REMOVED_KEY = "_prunekit_removed"
 VARIANT = "prunekit-free"
@@ -52,6 +52,13 @@ class FreeUNet2DConditionModel(UNet2DConditionModel):
 
     def save_pretrained(self, save_directory, *args, variant: str | None = None, **kwargs):
         return super().save_pretrained(save_directory, *args, variant=variant or VARIANT, **kwargs)
+
+
+def pipeline_with(teacher_pipe, unet):
+    """A pipeline of the teacher's class, components and settings, with `unet` in place of its U-Net."""
+    settings = {key: teacher_pipe.config[key] for key in ("requires_safety_checker", "force_zeros_for_empty_prompt")
+                if key in teacher_pipe.config}
+    return type(teacher_pipe)(**{**teacher_pipe.components, "unet": unet}, **settings)
 
 
 def swap_in(unet, remove: list[str]) -> None:

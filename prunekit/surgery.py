@@ -12,7 +12,9 @@ diffusers config can express:
   attentions), at least one staying: per-layer `transformer_layers_per_block` and
   `reverse_transformer_layers_per_block`. diffusers gives the mid block the depth of the innermost down
   stage's first attention, so that one keeps the mid block's depth unless the mid block goes;
-- the whole mid block may go (not a part of it);
+- the whole mid block may go; or its attention and one resnet (`mid.attn0` and `mid.res1`: a one-resnet
+  `UNetMidBlock2D`, as Segmind's SSD-1B has); or transformer layers of its attention, where the innermost
+  down stage's first attention keeps as many (diffusers ties the two depths);
 - whole stages may go from the inside out (`stage0`, then `stage1`, ...), down and up together;
 - down/up samplers stay.
 
@@ -87,11 +89,39 @@ def removed_modules(teacher, remove: list[str]) -> Removed:
 
 def _refuse_partial(removed: Removed) -> None:
     for path in sorted(removed.paths):
-        if path.startswith("mid_block."):
-            raise PrunekitError(f"removing part of the mid block ({path}) has no diffusers U-Net: "
-                                "remove the whole `mid` unit or keep it.")
         if path.startswith("up_blocks") and path.endswith("upsamplers.0"):
             raise PrunekitError(f"removing {path} alone has no diffusers U-Net: keep the upsamplers.")
+
+
+@dataclass
+class _Mid:
+    """What the student keeps of the teacher's mid block: all of it, none, one resnet, or fewer transformer
+    layers in its attention."""
+
+    kind: str  # "whole", "none", "resnet" (a one-resnet UNetMidBlock2D) or "thinned"
+    resnet: int = 0  # the teacher resnet a one-resnet mid block keeps
+    layers: list[int] = field(default_factory=list)  # the transformer layers its attention keeps (whole, thinned)
+
+
+def _kept_mid(teacher: nn.Module, removed: Removed) -> _Mid:
+    mid = teacher.mid_block
+    if mid is None or removed.covers("mid_block"):
+        return _Mid("none")
+    parts = [path for path in removed.paths if path.startswith("mid_block.")]
+    attentions = getattr(mid, "attentions", None) or []
+    if not parts:
+        return _Mid("whole", layers=list(range(_depth(attentions[0]))) if attentions else [])
+    resnets = [i for i in range(len(mid.resnets)) if not removed.covers(f"mid_block.resnets.{i}")]
+    if len(attentions) == 1 and removed.covers("mid_block.attentions.0") and len(resnets) == 1:
+        return _Mid("resnet", resnet=resnets[0])
+    if len(attentions) == 1 and len(resnets) == len(mid.resnets) and not removed.covers("mid_block.attentions.0"):
+        layers = [k for k in range(_depth(attentions[0]))
+                  if not removed.covers(f"mid_block.attentions.0.transformer_blocks.{k}")]
+        if layers:
+            return _Mid("thinned", layers=layers)
+    raise PrunekitError(f"removing {', '.join(sorted(parts))} from the mid block has no diffusers U-Net: remove the "
+                        "whole `mid`, its attention with one resnet (mid.attn0 and mid.res1), some of its "
+                        "transformer layers, or nothing of it.")
 
 
 def _stages_removed(teacher: nn.Module, removed: Removed) -> int:
@@ -180,15 +210,16 @@ def _config_and_blocks(teacher: nn.Module, remove: list[str]):
     config["up_block_types"] = _student_types(config["up_block_types"], up)
     layers = [len(k.resnets) for k in down]
     config["layers_per_block"] = layers[0] if len(set(layers)) == 1 else layers
-    if removed.covers("mid_block"):
-        config["mid_block_type"] = None
+    mid = _kept_mid(teacher, removed)
+    if mid.kind != "whole" and mid.kind != "thinned":
+        config["mid_block_type"] = None if mid.kind == "none" else "UNetMidBlock2D"
     if any(kept.thinned for kept in down + up):
         stages = config["transformer_layers_per_block"]
         stages = [stages] * len(down) if isinstance(stages, int) else stages
         reverse = config.get("reverse_transformer_layers_per_block") or list(reversed(stages))
         config["transformer_layers_per_block"] = _depths(down, stages)
         config["reverse_transformer_layers_per_block"] = _depths(up, reverse)
-    return config, down, up
+    return config, down, up, mid
 
 
 def _depths(blocks: list[_Kept], before) -> list:
@@ -201,22 +232,23 @@ def _depth(attention) -> int:
     return len(attention.transformer_blocks)
 
 
-def _check_depths(student: nn.Module, teacher: nn.Module, down: list[_Kept], up: list[_Kept]) -> None:
-    """Each student attention has the depth the plan keeps, and the mid block the teacher's: diffusers sets the mid
-    block's depth from the innermost down stage's first attention, so a plan that changes that one alone has no
-    diffusers U-Net."""
+def _check_depths(student: nn.Module, down: list[_Kept], up: list[_Kept], mid: _Mid) -> None:
+    """Each student attention has the depth the plan keeps, the mid block's included: diffusers sets the mid
+    block's depth from the innermost down stage's first attention, so a plan that thins one of the two alone
+    has no diffusers U-Net."""
     for side, blocks in (("down", down), ("up", up)):
         for j, kept in enumerate(blocks):
             for r, layers in enumerate(kept.layers):
                 if _depth(getattr(student, f"{side}_blocks")[j].attentions[r]) != len(layers):
                     raise PrunekitError(f"no diffusers config keeps {len(layers)} transformer layers in "
                                         f"{kept.path}.attentions.{kept.attentions[r]}: remove other units.")
-    if getattr(teacher.mid_block, "attentions", None) and student.mid_block is not None:
-        want, got = _depth(teacher.mid_block.attentions[0]), _depth(student.mid_block.attentions[0])
+    if mid.kind in ("whole", "thinned") and getattr(student.mid_block, "attentions", None):
+        got = _depth(student.mid_block.attentions[0])
+        want = len(mid.layers)
         if want != got:
             raise PrunekitError(f"diffusers gives the mid block the depth of {down[-1].path}.attentions.0, which "
-                                f"would be {got}, not the mid block's {want}: keep that attention's layers, or "
-                                "remove the mid block too.")
+                                f"would be {got}, not the {want} the plan keeps in the mid block: thin the two "
+                                "alike, or remove the mid block.")
 
 
 def _block_map(side: str, j: int, kept: _Kept, student_block: nn.Module) -> dict[str, str]:
@@ -234,7 +266,17 @@ def _block_map(side: str, j: int, kept: _Kept, student_block: nn.Module) -> dict
     return pairs
 
 
-def _weight_map(student: nn.Module, down: list[_Kept], up: list[_Kept]) -> dict[str, str]:
+def _mid_map(mid: _Mid) -> dict[str, str]:
+    if mid.kind == "resnet":
+        return {"mid_block.resnets.0": f"mid_block.resnets.{mid.resnet}"}
+    pairs = {"mid_block": "mid_block"}
+    if mid.kind == "thinned":
+        pairs.update({f"mid_block.attentions.0.transformer_blocks.{q}": f"mid_block.attentions.0.transformer_blocks.{k}"
+                      for q, k in enumerate(mid.layers)})
+    return pairs
+
+
+def _weight_map(student: nn.Module, down: list[_Kept], up: list[_Kept], mid: _Mid) -> dict[str, str]:
     weight_map = {}
     for name, module in student.named_children():
         if name == "down_blocks":
@@ -243,8 +285,10 @@ def _weight_map(student: nn.Module, down: list[_Kept], up: list[_Kept]) -> dict[
         elif name == "up_blocks":
             for j, kept in enumerate(up):
                 weight_map.update(_block_map("up", j, kept, module[j]))
+        elif name == "mid_block":
+            weight_map.update(_mid_map(mid))
         elif module.state_dict():
-            weight_map[name] = name  # conv_in, time_embedding, mid_block, conv_out, ...: same place
+            weight_map[name] = name  # conv_in, time_embedding, conv_out, ...: same place
     return weight_map
 
 
@@ -289,10 +333,10 @@ def student_config(teacher_config: dict, remove: list[str]) -> tuple[dict, dict[
     from prunekit.models import build_unet_meta
 
     teacher = build_unet_meta(teacher_config)
-    config, down, up = _config_and_blocks(teacher, list(remove))
+    config, down, up, mid = _config_and_blocks(teacher, list(remove))
     student = build_unet_meta(config)
-    _check_depths(student, teacher, down, up)
-    weight_map = _weight_map(student, down, up)
+    _check_depths(student, down, up, mid)
+    weight_map = _weight_map(student, down, up, mid)
     report, _ = check_map(student, teacher, weight_map)
     if not report.ok:
         raise PrunekitError(f"this removal leaves modules that no longer fit a diffusers U-Net "

@@ -27,6 +27,14 @@ def pipe_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sdxl_dir(tmp_path_factory):
+    """A saved random stand-in SDXL pipeline (tests/stand_ins.py)."""
+    directory = tmp_path_factory.mktemp("sdxl")
+    stand_ins.sdxl_pipeline().save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A saved random stand-in tiny CLIP."""
     return str(stand_ins.save_clip(tmp_path_factory.mktemp("clip")))

@@ -1,14 +1,25 @@
-"""Small randomly initialised stand-ins for tiny-clip and tiny-sd, saved the way the real ones are."""
+"""Small randomly initialised stand-ins for tiny-clip, tiny-sd and an SDXL pipeline, saved the way the real ones are."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTextModel
-from transformers import CLIPTokenizer
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 MAX_LENGTH = 80  # one token per character: a shapes caption is at most 64 characters
+# SDXL's U-Net topology at small widths: transformer depths 1, 2, 3 by stage, micro-conditioning (6 time ids of 8
+# channels and a 16-wide pooled text embedding), two 16-wide text encoders concatenated
+SDXL_UNET = {
+    "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": [32, 64, 96],
+    "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": [2, 4, 8], "use_linear_projection": True,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": [1, 2, 3],
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 16 + 48,
+}
 
 
 def tokenizer() -> CLIPTokenizer:
@@ -40,6 +51,26 @@ def save_clip(directory: Path, with_processor: bool = True) -> Path:
     return directory
 
 
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        sample_size=64, norm_num_groups=4,
+    )
+
+
+def sdxl_pipeline() -> StableDiffusionXLPipeline:
+    """A random StableDiffusionXLPipeline of SDXL_UNET for 64x64 images over 4x16x16 latents, Euler sampling."""
+    torch.manual_seed(0)
+    tok = tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=CLIPTextModel(_text_config(tok, 16)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(tok, 16)), tokenizer=tok, tokenizer_2=tok,
+        unet=UNet2DConditionModel(**SDXL_UNET), add_watermarker=False,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1))
+
+
 def pipeline() -> StableDiffusionPipeline:
     """A random StableDiffusionPipeline for 64x64 images over 4x16x16 latents, PNDM, no safety checker."""
     torch.manual_seed(0)
@@ -49,11 +80,7 @@ def pipeline() -> StableDiffusionPipeline:
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 8), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        sample_size=64, norm_num_groups=4,
-    )
+    vae = _vae()
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
                               steps_offset=1, set_alpha_to_one=False)
     return StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(_text_config(tok, 16)), tokenizer=tok,

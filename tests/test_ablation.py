@@ -3,6 +3,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+import stand_ins
 from prunekit.ablation import ChannelInterpolation, ablate, ablated_units, compatible_units, unit_table
 from prunekit.costs import example_inputs
 from prunekit.errors import PrunekitError
@@ -13,11 +14,7 @@ SD1 = dict(_COMMON, block_out_channels=(32, 64, 64, 64), attention_head_dim=8,
            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
 SD2 = dict(SD1, attention_head_dim=(2, 4, 8, 8), use_linear_projection=True)
-SDXL = dict(_COMMON, block_out_channels=(32, 64, 96), attention_head_dim=(2, 4, 8), use_linear_projection=True,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 3), addition_embed_type="text_time",
-            addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8)
+SDXL = stand_ins.SDXL_UNET
 TINY = {"sd1": SD1, "sd2": SD2, "sdxl": SDXL}
 
 

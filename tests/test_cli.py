@@ -64,3 +64,14 @@ def test_a_sweep_is_extended_with_its_own_settings(tmp_path, capsys):
     assert [row.split(",")[0] for row in rows[1:]] == ["stage2", "down0.pair0"]
     assert main(["sensitivity", "--model", "tiny-sd", "--out", out, "--units", "mid", "--steps", "3"]) == 2
     assert "steps: 2 there, 3 here" in capsys.readouterr().err
+
+
+def test_sdxl_presets_are_planned_offline_and_misfits_refused(tmp_path, capsys):
+    from prunekit.cli import PRESET_NAMES
+    from prunekit.plan import PRESETS
+
+    assert PRESET_NAMES == PRESETS  # the parser's list, kept free of torch, is the registry's
+    assert main(["plan", "--model", "sdxl-base", "--preset", "koala-like", "-o", str(tmp_path / "k.json")]) == 0
+    assert json.loads((tmp_path / "k.json").read_text())["predicted"]["params"] == 1_161_184_324
+    assert main(["plan", "--model", "sd-v1-4", "--preset", "ssd-like", "-o", str(tmp_path / "s.json")]) == 2
+    assert "needs an SDXL-like U-Net" in capsys.readouterr().err and not (tmp_path / "s.json").exists()

@@ -504,3 +504,73 @@ def test_the_recoverable_objective_plans_by_what_short_distillations_recover(tmp
     again = plan(str(teacher_dir), budget="params=0.8", sensitivity=run, objective="recoverable", method="optuna",
                  recover=recover, out=tmp_path / "plan.json", force=True, progress=False)
     assert again.remove == made.remove  # resumed from the study and the cache: nothing trained again
+
+
+# -- SDXL -------------------------------------------------------------------------------------------------
+
+def _sdxl_loop(tmp_path, model_dir: str, clip_dir: str, budget: float, **options) -> dict:
+    """sweep -> plan -> distill of an SDXL pipeline; the student reloads as a plain StableDiffusionXLPipeline
+    of the plan's size, its time ids and pooled text reaching both U-Nets."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from prunekit.planner import plan
+    from prunekit.sensitivity import sensitivity
+
+    sensitivity(model_dir, out=str(tmp_path / "run"), clip_model=str(clip_dir), prompts="shapes", num_prompts=2,
+                steps=2, granularity="block", progress=False)
+    made = plan(model_dir, budget=budget, sensitivity=str(tmp_path / "run"), method="optuna", trials=30,
+                progress=False)
+    assert any(".t" in name for name in made.remove), made.remove  # planned at transformer-layer depth
+    summary = distill(tmp_path / "run" / "plan.json", "shapes", tmp_path / "out", teacher=model_dir,
+                      **{**FAST, "caption_dropout": 0.5, **options})
+    student = StableDiffusionXLPipeline.from_pretrained(summary["student"], local_files_only=True)
+    assert sum(p.numel() for p in student.unet.parameters()) == made.predicted["params"]
+    rows = [line.split(",") for line in (tmp_path / "out" / "logs.csv").read_text().splitlines()[1:]]
+    assert len(rows) == FAST["steps"] and all(float(row[4]) > 0 for row in rows)  # feature KD ran
+    return {"plan": made, "summary": summary, "student": student}
+
+
+@pytest.mark.parametrize("cache, layers", [(False, "self-attn"), (True, "block-out")])
+def test_an_sdxl_plan_distils_into_a_plain_sdxl_pipeline(tmp_path, sdxl_dir, clip_dir, cache, layers):
+    done = _sdxl_loop(tmp_path, sdxl_dir, clip_dir, 0.6, cache_latents=cache, feat_layers=layers)
+    pairs = done["summary"]["pairs"]
+    if layers == "self-attn":  # every kept self-attention, matched with the teacher's it was copied from
+        kept = [path for path, _ in done["student"].unet.named_modules() if path.endswith(".attn1")]
+        assert [s for s, _ in pairs] == kept and all(t.endswith(".attn1") for _, t in pairs)
+    else:
+        assert all(s.split(".")[0] in ("down_blocks", "up_blocks") for s, _ in pairs)
+    if cache:
+        assert (tmp_path / "out" / "cache" / "pooled.npy").is_file()
+
+
+def test_the_sdxl_unconditional_branch_is_the_pipelines(sdxl_dir):
+    """SDXL's pipeline samples its unconditional branch from zeros (force_zeros_for_empty_prompt): so does
+    distillation's caption dropout; the time ids are the pipeline's default size."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(sdxl_dir, local_files_only=True)
+    encoder = Encoder(pipe, torch.device("cpu"), torch.float32)
+    empty = encoder.unconditional()
+    assert not empty.embeds.any() and not empty.pooled.any()
+    assert empty.time_ids.tolist() == [[64, 64, 0, 0, 64, 64]]
+    caption = encoder.text(["a red circle"])
+    assert caption.embeds.shape == (1, stand_ins.MAX_LENGTH, 32) and caption.pooled.shape == (1, 16)
+
+
+@pytest.mark.slow
+def test_sdxl_topology_goes_through_the_loop(tmp_path, clip_dir):
+    """SDXL's own topology (transformer depths 1, 2, 10; two text encoders; 256-wide time embeddings) at a fifth of
+    its widths and 16 x 16 latents: sweep, plan, distill, plain diffusers."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from prunekit.models import unet_config
+
+    pipe = stand_ins.sdxl_pipeline()
+    config = {**unet_config("sdxl-base"), "sample_size": 16, "block_out_channels": [64, 128, 256],
+              "attention_head_dim": [1, 2, 4], "cross_attention_dim": 32,
+              "projection_class_embeddings_input_dim": 6 * 256 + 16}
+    torch.manual_seed(0)
+    pipe = StableDiffusionXLPipeline(**{**pipe.components, "unet": UNet2DConditionModel(**config)})
+    pipe.save_pretrained(tmp_path / "sdxl")
+    done = _sdxl_loop(tmp_path, str(tmp_path / "sdxl"), clip_dir, 0.7, feat_layers="self-attn")
+    assert done["student"].unet.config.addition_time_embed_dim == 256

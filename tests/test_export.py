@@ -15,7 +15,7 @@ from prunekit.errors import PrunekitError
 from prunekit.export import TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, export
 from prunekit.models import resolve_model
 from prunekit.plan import make_preset
-from prunekit.students import MANIFEST, write_manifest
+from prunekit.students import MANIFEST, pipeline_with, write_manifest
 from prunekit.surgery import build_student
 
 
@@ -31,7 +31,7 @@ def saved_student(tiny, folder, preset: str, ema_seed: int | None = None):
     model, teacher = tiny
     plan = make_preset(preset, model.name, model.config)
     unet, _ = build_student(teacher.unet, plan)
-    pipe = type(teacher)(**{**teacher.components, "unet": unet}, requires_safety_checker=False)
+    pipe = pipeline_with(teacher, unet)
     pipe.save_pretrained(folder / "student")
     params = sum(p.numel() for p in unet.parameters())
     write_manifest(folder / "student", plan, params)
@@ -94,3 +94,15 @@ def test_what_cannot_be_exported_is_refused_in_one_sentence(tiny, tmp_path, caps
     assert main(["export", str(tmp_path / "distill"), "-o", str(tmp_path / "x.safetensors")]) == 2
     assert "free plan's student" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("preset", ["koala-like", "ssd-like"])
+def test_an_sdxl_students_unet_round_trips_and_its_whole_file_is_refused(sdxl_dir, tmp_path, preset):
+    """SDXL's added embedding goes to label_emb; two text encoders have no layout here, so only --unet-only."""
+    model = resolve_model(sdxl_dir)
+    _, unet = saved_student((model, model.pipeline()), tmp_path / "distill", preset)
+    checkpoint = load_file(export(tmp_path / "distill", tmp_path / "unet.safetensors", unet_only=True))
+    assert f"{UNET_PREFIX}label_emb.0.0.weight" in checkpoint
+    assert same(single_file_utils.convert_ldm_unet_checkpoint(checkpoint, dict(unet.config)), unet.state_dict()) == []
+    with pytest.raises(PrunekitError, match="two text encoders"):
+        export(tmp_path / "distill", tmp_path / "all.safetensors")

@@ -2,7 +2,6 @@
 the same numbers every time, the sweep's numbers for single units, surgery's numbers for diffusers-space
 plans, and the CLI's `--objective measured`."""
 import json
-import random
 
 import pytest
 import torch
@@ -11,11 +10,11 @@ from diffusers import UNet2DConditionModel
 import stand_ins
 from prunekit.ablation import ablate, resolve
 from prunekit.cli import main
+from prunekit.errors import PrunekitError
 from prunekit.models import fingerprint, unet_config
 from prunekit.plan import preset_remove
 from prunekit.planner import plan
 from prunekit.planner.measured import measurer, outermost, unet_swapped
-from prunekit.planner.space import DiffusersSpace, Layout
 from prunekit.sensitivity import sensitivity
 from prunekit.surgery import build_student
 
@@ -45,7 +44,7 @@ def deep_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def measure(pipe_dir, clip_dir):
-    return measurer(pipe_dir, clip_model=clip_dir, **FAST)
+    return measurer(pipe_dir, clip_model=clip_dir, kind="free", **FAST)
 
 
 def counting(measure, calls: list):
@@ -82,7 +81,7 @@ def test_each_candidate_is_measured_once_and_a_rerun_measures_nothing(tmp_path, 
 
 
 def test_measurements_are_deterministic_and_match_the_sweep(tmp_path, pipe_dir, clip_dir, measure):
-    again = measurer(pipe_dir, clip_model=clip_dir, **FAST)
+    again = measurer(pipe_dir, clip_model=clip_dir, kind="free", **FAST)
     assert measure([]) == 0.0
     for remove in (["mid"], ["down0.pair0", "up1.pair1"], ["down0.attn0", "mid.res0", "up0.upsample"]):
         assert measure(remove) == measure(remove) == again(remove)
@@ -98,7 +97,7 @@ def test_a_run_gives_the_settings_and_the_rule(tmp_path, pipe_dir, clip_dir):
     info = json.loads((run / "run.json").read_text())
     info["args"]["metrics"] = ["teacher"]
     (run / "run.json").write_text(json.dumps(info))
-    measure = measurer(pipe_dir, sensitivity=str(run), num_prompts=2)
+    measure = measurer(pipe_dir, sensitivity=str(run), num_prompts=2, kind="free")
     assert measure.rule == "latent_mse" and measure.describe()["steps"] == 2
     assert measure([]) == 0.0 and measure(["mid"]) > 0
 
@@ -109,26 +108,25 @@ def test_contained_units_are_left_out(pipe_dir):
     assert names == ["down0.pair0", "mid", "up1.pair0"]
 
 
-def test_ablating_a_diffusers_plan_computes_its_surgery_student(deep_dir, clip_dir):
-    measure = measurer(deep_dir, clip_model=clip_dir, **FAST)
+def test_a_candidate_is_measured_on_the_student_of_its_kind(deep_dir, clip_dir):
+    """A diffusers candidate is its surgery student, also where ablation computes something else (an up stage's
+    pair 0: its stand-in drops the skip the student's kept resnets take in order); a free one is the teacher
+    with stand-ins, which is its free student."""
     config = unet_config(deep_dir)
-    space = DiffusersSpace(config)
-    rng = random.Random(0)
-    plans = [preset_remove(name, config) for name in ("bk-base", "bk-small", "bk-tiny")]
-    for _ in range(3):  # random plans of the space that ablation can express (one stage dropped at most)
-        m, mid = rng.choice([core for core in space.cores if core[0] < 2])
-        stages = [rng.choice(options) for options in space.options[:space.n - m]] + list(space.full().stages[space.n - m:])
-        plans.append(space.remove(Layout(m, mid, tuple(stages))))
-    for remove in plans:
-        with ablate(measure.pipe.unet, remove):
-            ablated = measure.sampler.latents()
-        student, _ = build_student(measure.pipe.unet, remove)
-        with unet_swapped(measure.pipe, student.eval()):
-            built = measure.sampler.latents()
-        torch.testing.assert_close(ablated, built, rtol=1e-4, atol=1e-5)
-    # adjacent stages share a downsampler, so ablation refuses them: their student is measured instead
-    both = measure.scores(["stage0", "stage1"])["latent_mse"]
-    assert both == measure.scores(["stage1", "stage0"])["latent_mse"] != measure.scores(["stage0"])["latent_mse"]
+    skewed = ["down2.pair0", "up1.pair0"]
+    plans = [preset_remove("bk-small", config), skewed, ["stage0", "stage1"]]
+    for kind in ("diffusers", "free"):
+        measure = measurer(deep_dir, clip_model=clip_dir, kind=kind, **FAST)
+        for remove in plans[:2] if kind == "free" else plans:
+            student, _ = build_student(measure.pipe.unet, remove, kind=kind)
+            with unet_swapped(measure.pipe, student.eval()):
+                built = measure.sampler.latents()
+            torch.testing.assert_close(measure._latents(remove), built, rtol=1e-4, atol=1e-5)
+            if kind == "diffusers" and remove == skewed:
+                with ablate(measure.pipe.unet, remove):
+                    assert (measure.sampler.latents() - built).abs().max() > 1e-2
+    with pytest.raises(PrunekitError, match="unknown kind 'pruned'"):
+        measurer(deep_dir, clip_model=clip_dir, kind="pruned", **FAST)
 
 
 def test_cli_plans_with_the_measured_objective(tmp_path, pipe_dir, clip_dir, capsys):
@@ -140,5 +138,6 @@ def test_cli_plans_with_the_measured_objective(tmp_path, pipe_dir, clip_dir, cap
     printed = capsys.readouterr().out
     assert "measured objective" in printed and str(out) in printed
     saved = json.loads(out.read_text())
-    assert saved["remove"] == ["mid"] and saved["provenance"]["planner"]["objective"] == "measured"
+    assert saved["remove"] == ["mid.attn0", "mid.res1"]  # the mid block down to one resnet
+    assert saved["provenance"]["planner"]["objective"] == "measured"
     assert main(["plan", "--model", pipe_dir, "--budget", "1.5", "--objective", "measured"]) == 2  # refused, no load

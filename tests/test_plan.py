@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+import stand_ins
 from prunekit.errors import PrunekitError
 from prunekit.models import build_unet_meta, unet_config
-from prunekit.plan import FORMAT, Plan, load, make_plan, make_preset, preset_remove
+from prunekit.plan import FORMAT, Plan, load, make_plan, make_preset, preset_remove, presets_for
 
 TINY = {
     "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -36,12 +37,33 @@ def test_presets_predict_bk_sdm_costs(sd, preset, params, macs):
     assert plan.method == f"preset:{preset}" and plan.kind == "diffusers"
 
 
-def test_sdxl_has_its_params_but_no_presets():
+def test_sdxl_takes_its_own_presets_and_refuses_bk_sdms():
+    """koala-like and ssd-like on sdxl-base: 1,161,184,324 and 1,331,334,404 parameters, the sizes of KOALA-1B's
+    and SSD-1B's U-Net configs as ComfyUI's loader reads them (the papers say about 1.16B and 1.3B)."""
     config = unet_config("sdxl-base")
     assert sum(p.numel() for p in build_unet_meta(config).parameters()) == 2_567_463_684
+    assert presets_for(config) == ["koala-like", "ssd-like"]
+    koala, ssd = (make_preset(name, "sdxl-base", config) for name in ("koala-like", "ssd-like"))
+    assert koala.predicted["params"] == 1_161_184_324 and ssd.predicted["params"] == 1_331_334_404
+    assert koala.student_config["layers_per_block"] == 1
+    assert koala.student_config["transformer_layers_per_block"][1:] == [[2], [6]]
+    assert koala.student_config["reverse_transformer_layers_per_block"][:2] == [[6, 6], [2, 2]]
+    assert ssd.student_config["mid_block_type"] == "UNetMidBlock2D"
+    assert ssd.student_config["transformer_layers_per_block"][1:] == [[2, 2], [4, 4]]
+    assert ssd.student_config["reverse_transformer_layers_per_block"][:2] == [[4, 4, 10], [2, 1, 1]]
     for preset in ("bk-base", "bk-small", "bk-tiny"):
-        with pytest.raises(PrunekitError, match="SD-1/SD-2-like"):
+        with pytest.raises(PrunekitError, match="SD-1/SD-2-like U-Net .* use koala-like, ssd-like, or"):
             preset_remove(preset, config)
+    with pytest.raises(PrunekitError, match="needs an SDXL-like U-Net .* use bk-base, bk-small, bk-tiny, or"):
+        preset_remove("koala-like", unet_config("sd-v1-4"))
+
+
+def test_sdxl_presets_scale_with_the_depths():
+    """On an SDXL topology 3 layers deep inside, koala-like keeps 2 of them and ssd-like 1."""
+    koala, ssd = (make_preset(name, "small", stand_ins.SDXL_UNET) for name in ("koala-like", "ssd-like"))
+    assert koala.student_config["transformer_layers_per_block"][2] == [2]
+    assert ssd.student_config["transformer_layers_per_block"][2] == [1, 1]
+    assert ssd.student_config["reverse_transformer_layers_per_block"][:2] == [[1, 1, 3], [2, 1, 1]]
 
 
 def test_presets_are_defined_by_topology(sd):

@@ -5,12 +5,12 @@ import csv
 import itertools
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+import stand_ins
 from prunekit.ablation import ablate
 from prunekit.cli import main
 from prunekit.costs import unet_costs
@@ -59,14 +59,6 @@ def random_table(config: dict, seed: int = 0) -> dict:
     return {name: rng.random() for name in all_units(config, costs=False)}
 
 
-def states(space: DiffusersSpace):
-    """Every state of a diffusers space."""
-    full = space.full()
-    for m, mid in space.cores:
-        for combo in itertools.product(*space.options[:space.n - m]):
-            yield Layout(m, mid, tuple(combo) + full.stages[space.n - m:])
-
-
 @pytest.fixture(scope="module")
 def sd():
     return unet_config("sd-v1-4")
@@ -102,16 +94,16 @@ def test_the_space_holds_exactly_what_surgery_can_express(tiny_space):
                 stages = full.stages[:d] + (choice,) + full.stages[d + 1:]
                 remove = tiny_space.remove(Layout(0, "keep", stages))
                 assert (choice in tiny_space.options[d]) == expressible(TINY, remove), remove
-    for m, mid in itertools.product(range(tiny_space.n), ("keep", "resnets", "drop")):
+    for m, mid in itertools.product(range(tiny_space.n), ("keep", "resnet", "drop")):
         remove = tiny_space.remove(Layout(m, mid, full.stages))
         assert ((m, mid) in tiny_space.cores) == expressible(TINY, remove), remove
-    assert tiny_space.size() == sum(1 for _ in states(tiny_space))
+    assert tiny_space.size() == sum(1 for _ in tiny_space.states())
 
 
 def test_costs_add_up_exactly(tiny_space):
     teacher = unet_costs(TINY, full=False)
     rng = random.Random(0)
-    everything = list(states(tiny_space))
+    everything = list(tiny_space.states())
     picked = rng.sample(everything, 4) + [s for s in everything if s.dropped and s.mid == "keep"][:2]
     for state in picked:
         student = unet_costs(student_config(TINY, tiny_space.remove(state))[0], full=False)
@@ -119,8 +111,44 @@ def test_costs_add_up_exactly(tiny_space):
         assert tiny_space.fraction(state, "macs") == pytest.approx(student.macs / teacher.macs, abs=1e-12)
 
 
+def test_sdxl_attentions_lose_transformer_layers_in_the_space(tmp_path):
+    """On SDXL's topology every kept attention of depth above one may keep its first k layers, the mid block
+    following the innermost down stage's first attention: each state is a diffusers student of exactly the
+    predicted costs, the space counts its states right, and both SDXL presets are states of it."""
+    space = DiffusersSpace(stand_ins.SDXL_UNET)
+    assert set(space.deep) == {"down1.attn0", "down1.attn1", "down2.attn0", "down2.attn1",
+                               *(f"up{s}.attn{i}" for s in (0, 1) for i in range(3))}
+    assert ("mid.attn0.t2" in space.removable() and "down2.attn0.t0" not in space.removable()
+            and (0, "resnet") in space.cores)
+    everything = list(space.states())
+    assert len(everything) == len(set(everything)) == space.size()
+    teacher = unet_costs(stand_ins.SDXL_UNET, full=False)
+    for state in random.Random(0).sample(everything, 6) + [space.smallest("params")]:
+        student = unet_costs(student_config(stand_ins.SDXL_UNET, space.remove(state))[0], full=False)
+        assert space.fraction(state, "params") == pytest.approx(student.params / teacher.params, abs=1e-12)
+        assert space.fraction(state, "macs") == pytest.approx(student.macs / teacher.macs, abs=1e-12)
+    plans = {frozenset(space.remove(state)) for state in everything}
+    for preset in ("koala-like", "ssd-like"):
+        assert frozenset(preset_remove(preset, stand_ins.SDXL_UNET)) in plans
+    # a pair-granularity sweep scores none of the finer units: the space is the pair space
+    coarse = DiffusersSpace(stand_ins.SDXL_UNET, scorable=lambda name: ".t" not in name and not name.startswith("mid."))
+    assert not coarse.deep and (0, "resnet") not in coarse.cores
+    assert not any(".t" in name for name in coarse.removable())
+
+
+def test_sdxl_plans_at_transformer_depth_from_a_block_sweep(tmp_path):
+    """Greedy and Optuna plan SDXL-shaped U-Nets from a block sweep, whose table scores transformer layers."""
+    run = write_run(tmp_path / "run", stand_ins.SDXL_UNET, random_table(stand_ins.SDXL_UNET, seed=3))
+    for method in ("greedy", "optuna"):
+        made = plan(str(write_config(tmp_path, stand_ins.SDXL_UNET)), budget=0.6, sensitivity=str(run), method=method,
+                    trials=60, out=str(tmp_path / f"{method}.json"), progress=False)
+        assert made.predicted["params_fraction"] <= 0.6 and made.kind == "diffusers"
+        assert any(".t" in name for name in made.remove), made.remove
+        student_config(stand_ins.SDXL_UNET, made.remove)
+
+
 def test_presets_are_states_of_the_sd_space(sd, sd_space):
-    plans = {tuple(sd_space.remove(state)) for state in states(sd_space)}
+    plans = {tuple(sd_space.remove(state)) for state in sd_space.states()}
     for preset in BUDGETS:
         assert tuple(preset_remove(preset, sd)) in plans
     smallest = sd_space.smallest("params")
@@ -162,7 +190,7 @@ def test_pruning_dominated_choices_keeps_the_best_plan(tiny_space):
     pruned = tiny_space.undominated(["params"], objective.unit)
     assert pruned.size() < tiny_space.size()
     for budget in (0.4, 0.6, 0.8):
-        best = [min(objective(space.remove(s)) for s in states(space) if space.fraction(s, "params") <= budget)
+        best = [min(objective(space.remove(s)) for s in space.states() if space.fraction(s, "params") <= budget)
                 for space in (tiny_space, pruned)]
         assert best[0] == pytest.approx(best[1])
 
@@ -175,10 +203,10 @@ def test_greedy_respects_the_budget_and_gives_back_what_fits(tmp_path):
         assert made.predicted["params_fraction"] <= budget
 
 
-def write_config(tmp_path):
+def write_config(tmp_path, config: dict = TINY):
     folder = tmp_path / "tiny"
     folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(TINY))
+    (folder / "config.json").write_text(json.dumps(config))
     return folder
 
 

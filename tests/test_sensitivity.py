@@ -15,6 +15,7 @@ from diffusers import UNet2DConditionModel
 import stand_ins
 from prunekit.ablation import ablate, unit_table
 from prunekit.cli import main
+from prunekit.conditioning import Conditioning
 from prunekit.errors import PrunekitError
 from prunekit.generate import generate_latents, image_seeds
 from prunekit.graph import enumerate_units
@@ -226,31 +227,38 @@ def test_cli_runs_and_reports_user_errors_in_one_line(tmp_path, pipe_dir, clip_d
 
 # -- proxy mode ------------------------------------------------------------------------------------------------
 
-def _sd1_case(size: int):
+def _case(size: int, family: str = "sd1"):
+    """A random U-Net of `family` (SD-1's or SDXL's topology), and a sample, timesteps and its conditioning."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(**SD1).eval()
+    config = SD1 if family == "sd1" else stand_ins.SDXL_UNET
+    unet = UNet2DConditionModel(**config).eval()
     generator = torch.Generator().manual_seed(1)
-    inputs = (torch.randn(2, 4, size, size, generator=generator), torch.tensor([10, 700]),
-              torch.randn(2, 5, SD1["cross_attention_dim"], generator=generator))
-    return unet, inputs
+    sample = torch.randn(2, 4, size, size, generator=generator)
+    conditioning = Conditioning(torch.randn(2, 5, config["cross_attention_dim"], generator=generator))
+    if family == "sdxl":
+        conditioning = Conditioning(conditioning.embeds, torch.randn(2, 16, generator=generator),
+                                    torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2))
+    return unet, (sample, torch.tensor([10, 700]), conditioning)
 
 
-@pytest.mark.parametrize("size", [16, 12], ids=["even", "odd-upsample-size"])
-def test_block_forward_equals_diffusers_bit_for_bit_from_every_block(size):
-    unet, (sample, timestep, text) = _sd1_case(size)
+@pytest.mark.parametrize("size, family", [(16, "sd1"), (12, "sd1"), (16, "sdxl")],
+                         ids=["even", "odd-upsample-size", "sdxl-added-conditioning"])
+def test_block_forward_equals_diffusers_bit_for_bit_from_every_block(size, family):
+    unet, (sample, timestep, text) = _case(size, family)
     forward = BlockForward(unet)
     with torch.no_grad():
-        expected = unet(sample, timestep, text).sample
+        expected = unet(sample, timestep, **text.unet_kwargs()).sample
         context = forward.context(sample, timestep, text)
     keep = []
     assert torch.equal(forward.run(context, (sample, ()), keep=keep), expected)
-    assert len(keep) == len(forward.stages) == 11
+    assert len(keep) == len(forward.stages) == 3 + len(unet.down_blocks) + len(unet.up_blocks)
     for start in range(len(keep)):
         assert torch.equal(forward.run(context, keep[start], start), expected), forward.stages[start][0]
 
 
-def test_resumed_forward_equals_the_ablated_unet_for_every_unit():
-    unet, (sample, timestep, text) = _sd1_case(16)
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_resumed_forward_equals_the_ablated_unet_for_every_unit(family):
+    unet, (sample, timestep, text) = _case(16, family)
     forward = BlockForward(unet)
     with torch.no_grad():
         context = forward.context(sample, timestep, text)
@@ -258,24 +266,36 @@ def test_resumed_forward_equals_the_ablated_unet_for_every_unit():
     forward.run(context, (sample, ()), keep=keep)
     for unit in unit_table(unet).values():
         with ablate(unet, unit), torch.no_grad():
-            expected = unet(sample, timestep, text).sample
+            expected = unet(sample, timestep, **text.unet_kwargs()).sample
             start = forward.first_stage(unit)
             assert torch.equal(forward.run(context, keep[start], start), expected), unit.name
 
 
 def test_proxy_scores_the_noise_prediction_error():
-    unet, (latents, _, text) = _sd1_case(16)
+    unet, (latents, _, text) = _case(16)
     alphas = torch.linspace(0.99, 0.01, 1000)
     proxy = Proxy(unet, latents, text, timesteps=2, alphas_cumprod=alphas, seed=0)
     assert proxy.timesteps == [250, 750] == fixed_timesteps(2, 1000)
     noisy = proxy.batches[0][1][0][0]
     with torch.no_grad():
-        intact = unet(noisy, torch.tensor(proxy.timesteps), text).sample
+        intact = unet(noisy, torch.tensor(proxy.timesteps), text.embeds).sample
         for name in ("down0.pair0", "mid", "up3.pair2"):
             with ablate(unet, name) as (unit,):
-                ablated = unet(noisy, torch.tensor(proxy.timesteps), text).sample
+                ablated = unet(noisy, torch.tensor(proxy.timesteps), text.embeds).sample
                 assert float(proxy.eps_mse(unit).mean()) == pytest.approx(float(((ablated - intact) ** 2).mean()),
                                                                          rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["full", "proxy"])
+def test_an_sdxl_pipeline_is_swept_down_to_its_transformer_layers(tmp_path, sdxl_dir, clip_dir, mode):
+    """SDXL's pipeline samples the sweep (pooled text and time ids reach the U-Net); the proxy feeds them too."""
+    units = ["down2.attn0.t1", "up0.attn2.t0", "mid.attn0", "down1.pair0"]
+    table = sensitivity(sdxl_dir, out=str(tmp_path / mode), mode=mode, clip_model=clip_dir, units=units,
+                        proxy_latents="rendered", timesteps=2, **FAST) if mode == "proxy" else \
+        sensitivity(sdxl_dir, out=str(tmp_path / mode), clip_model=clip_dir, units=units, **FAST)
+    assert list(table["unit"]) == units
+    column = "eps_mse" if mode == "proxy" else "latent_mse"
+    assert (table[column] > 0).all()
 
 
 @pytest.mark.parametrize("latents", ["rendered", "baseline"])
@@ -298,6 +318,18 @@ def test_random_init_pipeline_has_sd_scale_on_the_meta_device():
     assert count(pipe.vae) == 83_653_863  # SD's VAE
     assert pipe.text_encoder.config.hidden_size == 768 and pipe.text_encoder.config.num_hidden_layers == 12
     assert pipe.tokenizer.model_max_length == 77
+
+
+def test_random_init_gives_sdxl_an_sdxl_pipeline_on_the_meta_device():
+    """sdxl-base gets StableDiffusionXLPipeline with SDXL's widths: 768 + 1280 text states, a 1280-wide projection."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = random_pipeline(unet_config("sdxl-base"), "meta", seed=0)
+    assert type(pipe) is StableDiffusionXLPipeline
+    assert sum(p.numel() for p in pipe.unet.parameters()) == 2_567_463_684
+    assert (pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size,
+            pipe.text_encoder_2.config.projection_dim) == (768, 1280, 1280)
+    assert pipe.vae.config.scaling_factor == 0.13025
 
 
 def test_random_init_runs_from_a_unet_config_and_says_so(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel
 
+import stand_ins
 from prunekit.errors import PrunekitError
 from prunekit.models import build_unet_meta, unet_config
 from prunekit.plan import make_preset, preset_remove
@@ -127,7 +128,8 @@ def test_plan_is_applied_and_a_foreign_map_refused(teacher):
 
 @pytest.mark.parametrize("remove, message", [
     (["down0.pair1"], "one more than"),
-    (["mid.attn0"], "part of the mid block"),
+    (["mid.attn0"], "from the mid block has no diffusers U-Net"),
+    (["mid.res0"], "from the mid block has no diffusers U-Net"),
     (["stage1"], "inside out"),
     (["down0.attn1"], "remove each attention with its resnet"),
     (["down0.downsample"], "alone"),
@@ -140,14 +142,7 @@ def test_removals_without_a_standard_student_are_refused(remove, message):
         student_config(TINY, remove)
 
 
-# SDXL's topology at small widths: transformer depths 1, 2, 3 by stage, micro-conditioning
-SDXL = {
-    "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2, "block_out_channels": [32, 64, 96],
-    "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": [2, 4, 8], "use_linear_projection": True,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "transformer_layers_per_block": [1, 2, 3],
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 16 + 48,
-}
+SDXL = stand_ins.SDXL_UNET
 THIN = ["down2.attn1.t1", "up0.attn0.t0", "up0.attn2.t2", "up1.attn1.t1"]  # transformer layers of four attentions
 
 
@@ -159,36 +154,59 @@ def sdxl_inputs():
                                   "time_ids": torch.randn(2, 6, generator=generator)}}
 
 
-def test_transformer_layers_go_into_a_plain_diffusers_student(tmp_path):
-    """A plan that drops single transformer layers is a plain UNet2DConditionModel with per-layer depths, copied
-    exactly, equal in output to the teacher with those layers ablated, and reloaded by from_pretrained."""
+def _built_like_the_ablated_teacher(teacher, remove, tmp_path):
+    """The plan's student: plain diffusers, copied exactly, of the predicted size, equal in output to the teacher
+    with `remove` ablated, and reloaded tensor for tensor by from_pretrained."""
     from prunekit.ablation import ablate
     from prunekit.plan import make_plan
 
-    torch.manual_seed(0)
-    teacher = UNet2DConditionModel.from_config(SDXL).eval()
-    plan = make_plan("tiny-sdxl-shaped", dict(teacher.config), THIN, "test")
+    plan = make_plan("tiny-sdxl-shaped", dict(teacher.config), remove, "test")
     assert plan.kind == "diffusers"
-    assert plan.student_config["transformer_layers_per_block"] == [1, [2, 2], [3, 2]]
-    assert plan.student_config["reverse_transformer_layers_per_block"] == [[2, 3, 2], [2, 1, 2], 1]
     student, report = build_student(teacher, plan)
     assert report.ok and type(student) is UNet2DConditionModel
     assert sum(p.numel() for p in student.parameters()) == plan.predicted["params"]
-    # up0.attn0 lost its layer 0: its first layer is the teacher's second
-    assert torch.equal(student.up_blocks[0].attentions[0].transformer_blocks[0].ff.net[2].weight,
-                       teacher.up_blocks[0].attentions[0].transformer_blocks[1].ff.net[2].weight)
     with torch.no_grad():
         got = student(**sdxl_inputs()).sample
-        with ablate(teacher, THIN):
+        with ablate(teacher, remove):
             want = teacher(**sdxl_inputs()).sample
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     student.save_pretrained(tmp_path / "student")
     again = UNet2DConditionModel.from_pretrained(tmp_path / "student")
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), student.state_dict().values()))
+    return plan, student
+
+
+def test_transformer_layers_go_into_a_plain_diffusers_student(tmp_path):
+    """A plan that drops single transformer layers is a plain UNet2DConditionModel with per-layer depths."""
+    torch.manual_seed(0)
+    teacher = UNet2DConditionModel.from_config(SDXL).eval()
+    plan, student = _built_like_the_ablated_teacher(teacher, THIN, tmp_path)
+    assert plan.student_config["transformer_layers_per_block"] == [1, [2, 2], [3, 2]]
+    assert plan.student_config["reverse_transformer_layers_per_block"] == [[2, 3, 2], [2, 1, 2], 1]
+    # up0.attn0 lost its layer 0: its first layer is the teacher's second
+    assert torch.equal(student.up_blocks[0].attentions[0].transformer_blocks[0].ff.net[2].weight,
+                       teacher.up_blocks[0].attentions[0].transformer_blocks[1].ff.net[2].weight)
+
+
+@pytest.mark.parametrize("remove, mid_type, mid_depth", [
+    (["down2.attn0.t2", "mid.attn0.t2"], "UNetMidBlock2DCrossAttn", 2),  # thinned alike (KOALA-1B's mid block)
+    (["down2.attn0.t0", "mid.attn0.t1"], "UNetMidBlock2DCrossAttn", 2),  # any layers, as many
+    (["mid.attn0", "mid.res1"], "UNetMidBlock2D", None),  # one resnet (SSD-1B's mid block)
+    (["mid.attn0", "mid.res0", "down2.attn0.t1"], "UNetMidBlock2D", None),  # the other resnet; the tie is gone
+])
+def test_the_mid_block_thins_or_keeps_one_resnet(tmp_path, remove, mid_type, mid_depth):
+    torch.manual_seed(0)
+    teacher = UNet2DConditionModel.from_config(SDXL).eval()
+    plan, student = _built_like_the_ablated_teacher(teacher, remove, tmp_path)
+    assert type(student.mid_block).__name__ == mid_type
+    attentions = getattr(student.mid_block, "attentions", None)
+    assert (len(attentions[0].transformer_blocks) if attentions else None) == mid_depth
 
 
 @pytest.mark.parametrize("remove, message", [
     (["down2.attn0.t1"], "gives the mid block the depth of down_blocks.2.attentions.0"),
+    (["mid.attn0.t1"], "gives the mid block the depth of down_blocks.2.attentions.0"),
+    (["mid.attn0.t1", "down2.attn0.t1", "down2.attn0.t2"], "would be 1, not the 2"),
     (["down1.attn0.t0", "down1.attn0.t1"], "every transformer layer of down_blocks.1.attentions.0 would go"),
 ])
 def test_transformer_layers_without_a_diffusers_student_are_refused(remove, message):

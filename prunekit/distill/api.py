@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from prunekit import worlds
+from prunekit.conditioning import check_supported
 from prunekit.distill import checkpoints
 from prunekit.distill.cache import CachedDataset, Encoder, build_cache, cache_key
 from prunekit.distill.data import Captioned, open_source
-from prunekit.distill.features import feature_pairs
+from prunekit.distill.features import LAYERS, feature_pairs
 from prunekit.distill.losses import FEAT_NORMS, Weights
 from prunekit.distill.trainer import DTYPES, Distiller, TrainConfig
 from prunekit.errors import PrunekitError
@@ -31,7 +32,7 @@ from prunekit.models import Model, resolve_model
 from prunekit.options import check_choice, check_count, check_number, check_output_dir, merged
 from prunekit.plan import Plan
 from prunekit.rundir import write_atomically
-from prunekit.students import write_manifest
+from prunekit.students import pipeline_with, write_manifest
 
 EVAL_KEYS = ("clip_score", "clip_score_real", "clip_score_ratio", "seconds_per_image")
 LR_SCHEDULES = ("constant", "cosine", "linear")
@@ -53,6 +54,7 @@ class DistillOptions:
     lambda_out: float = 1.0
     lambda_feat: float = 1.0
     feat_norm: str = "none"
+    feat_layers: str = "block-out"  # prunekit.distill.features.LAYERS
     caption_dropout: float = 0.0
     ema: bool = False
     ema_decay: float = 0.9999
@@ -91,6 +93,7 @@ class DistillOptions:
             raise PrunekitError("the loss weights --lambda-task, --lambda-out and --lambda-feat are all 0: give at "
                                 "least one a weight.")
         check_choice("feat_norm", self.feat_norm, FEAT_NORMS)
+        check_choice("feat_layers", self.feat_layers, LAYERS)
         check_number("caption_dropout", self.caption_dropout, minimum=0)
         if self.caption_dropout >= 1:
             raise PrunekitError(f"--caption-dropout must be below 1, not {self.caption_dropout:g}.")
@@ -100,7 +103,8 @@ class DistillOptions:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, grad_accum=self.grad_accum, lr=self.lr,
                            lr_schedule=self.lr_schedule, warmup=self.warmup, schedule_steps=self.schedule_steps,
                            weights=Weights(self.lambda_task, self.lambda_out, self.lambda_feat),
-                           feat_norm=self.feat_norm, caption_dropout=self.caption_dropout, ema=self.ema,
+                           feat_norm=self.feat_norm, feat_layers=self.feat_layers,
+                           caption_dropout=self.caption_dropout, ema=self.ema,
                            ema_decay=self.ema_decay,
                            gradient_checkpointing=self.gradient_checkpointing, checkpoint_every=self.checkpoint_every,
                            keep_checkpoints=self.keep_checkpoints, seed=self.seed, num_workers=self.num_workers,
@@ -119,9 +123,7 @@ def _teacher(plan_path, teacher: str | Model | None) -> tuple[Plan, Model]:
     """The plan and its teacher, the plan checked against the teacher's U-Net (nothing loaded yet)."""
     plan = Plan.load(plan_path)
     model = resolve_model(teacher or plan.model_name)
-    if model.config.get("addition_embed_type") is not None:
-        raise PrunekitError(f"{model.name}'s U-Net takes added conditioning (SDXL-like), which distillation does not "
-                            "support yet: use an SD-1/SD-2-like teacher.")
+    check_supported(model.config, model.name)
     plan.check_teacher(model.config, str(plan_path))
     return plan, model
 
@@ -200,12 +202,6 @@ def describe(evaluation: dict | None) -> list[str]:
     return lines
 
 
-def _pipeline(teacher_pipe, unet):
-    """A pipeline of the teacher's class, components and settings, with `unet` in place of its U-Net."""
-    settings = {key: teacher_pipe.config[key] for key in ("requires_safety_checker",) if key in teacher_pipe.config}
-    return type(teacher_pipe)(**{**teacher_pipe.components, "unet": unet}, **settings)
-
-
 def _accelerator(out: Path, mixed_precision: str):
     """The run's Accelerator (TensorBoard logs in out/tensorboard); refuses processes that cannot see each other."""
     from accelerate import Accelerator
@@ -234,7 +230,7 @@ def _save(out: Path, plan: Plan, model: Model, trained, ema_model, evaluation: _
     """Write out/student (and out/student_ema), score them into eval.json; returns the summary's entries."""
     final = model.pipeline()  # the teacher's parts as saved (float32), not as cast for training
     unet = trained.to("cpu", torch.float32)
-    student_pipe = _pipeline(final, unet)
+    student_pipe = pipeline_with(final, unet)
     _save_student(out / "student", lambda d: student_pipe.save_pretrained(d, safe_serialization=True), plan, unet,
                   model)
     evaluation.add("student_after", lambda: student_pipe)
@@ -245,7 +241,7 @@ def _save(out: Path, plan: Plan, model: Model, trained, ema_model, evaluation: _
         _save_student(out / "student_ema", lambda d: ema_unet.save_pretrained(d, safe_serialization=True), plan,
                       ema_unet, model)
         saved["student_ema"] = str(out / "student_ema")
-        evaluation.add("student_after_ema", lambda: _pipeline(final, ema_unet))
+        evaluation.add("student_after_ema", lambda: pipeline_with(final, ema_unet))
     return {**saved, "eval": evaluation.data or None}
 
 
@@ -266,6 +262,8 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
             warm-up steps, over `schedule_steps` (default `steps`; a longer one stops a run part-way through it);
             lambda_task, lambda_out, lambda_feat, feat_norm: loss weights and feature normalisation
             (prunekit.distill.losses); lambda_out = lambda_feat = 0 is plain fine-tuning, without the teacher;
+            feat_layers: the features matched, each stage's output (`block-out`, BK-SDM's) or each kept
+            self-attention's (`self-attn`, KOALA's choice for SDXL; prunekit.distill.features);
             caption_dropout: the share of examples trained on the empty caption, so that the unconditional
             prediction classifier-free guidance needs is distilled too;
             ema, ema_decay: keep an exponential moving average of the student's weights (saved to out/student_ema),
@@ -309,7 +307,8 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
     checkpoints.check_start(out / "checkpoints", options.resume, config.settings(accelerator))
     accelerator.init_trackers("tensorboard")
     student, _ = build_student(pipe.unet, plan_obj)
-    pairs = feature_pairs(student, pipe.unet, plan_obj.weight_map) if options.lambda_feat else []
+    pairs = feature_pairs(student, pipe.unet, plan_obj.weight_map, layers=options.feat_layers) if options.lambda_feat \
+        else []
 
     enabled = main and options.eval_num_prompts > 0
     prompts = _eval_prompts(options, data, dataset, out) if enabled else None
@@ -320,22 +319,21 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
     evaluation = _Evaluation(out / "eval.json", enabled,
                              lambda name, p: _evaluate(model, p, scoring, out / "images" / name))
     evaluation.add("teacher", lambda: pipe)
-    evaluation.add("student_before", lambda: _pipeline(pipe, student))
+    evaluation.add("student_before", lambda: pipeline_with(pipe, student))
     evaluation.add_latency(plan_obj, model.config, accelerator.device)
     pipe.to("cpu")  # the evaluation ran on the device in float32; training places and casts what it needs
     accelerator.wait_for_everyone()
 
     dtype = DTYPES[options.mixed_precision]
     encoder = Encoder(pipe, accelerator.device, dtype)
-    empty = encoder.text([""]).float()  # the unconditional branch's caption, before a cache takes the encoder
+    empty = encoder.unconditional()  # the unconditional branch's, before a cache takes the encoder
     if options.cache_latents:
         cache = Path(options.cache_dir) if options.cache_dir else out / "cache"
         if main:
             build_cache(cache, dataset, encoder, cache_key(dataset, model.name, dtype), progress=options.progress)
         accelerator.wait_for_everyone()
+        encoder.offload()  # not needed while training from the cache
         dataset, encoder = CachedDataset(cache, options.seed), None
-        pipe.vae.to("cpu")  # not needed while training from the cache
-        pipe.text_encoder.to("cpu")
 
     distiller = Distiller(accelerator, student, pipe.unet, pipe.scheduler, encoder, dataset, pairs,
                           pipe.vae.config.scaling_factor, config, out, empty,

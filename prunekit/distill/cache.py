@@ -1,13 +1,14 @@
 """The frozen encoders of the teacher, and `--cache-latents`: their outputs computed once and kept on disk.
 
 Training needs, for every example, the VAE's posterior over latents (its mean and log-variance, the
-"moments") and the text encoder's embedding of the caption. Without a cache they are computed every
-step; with one they are read from DIR/cache/:
+"moments") and the caption's conditioning (prunekit.conditioning: the text encoders' states, and for SDXL
+the pooled embedding). Without a cache they are computed every step; with one they are read from DIR/cache/:
 
     cache.json     what the cache was made from; a cache made from anything else is rebuilt
     moments.npy    N x F x 2C x h x w float32: the posterior of each example (F = 2 with flips: as is, mirrored)
     captions.npy   N int64: each example's row in text.npy
     text.npy       U x L x D: the embedding of each distinct caption (float16 under mixed precision)
+    pooled.npy     U x P: its pooled embedding (SDXL only; the time ids are the same for every example)
 
 Latents are sampled from the moments at every step in both cases, as Stable Diffusion's training does.
 """
@@ -21,18 +22,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from prunekit.conditioning import Conditioning, encode
 from prunekit.distill.data import Captioned, flips
 
 FORMAT = "prunekit.latent-cache/1"
 
 
 class Encoder:
-    """The teacher's VAE encoder and text encoder, frozen, on `device` in `dtype`."""
+    """The teacher's VAE encoder and text encoder(s), frozen, on `device` in `dtype`."""
 
     def __init__(self, pipe, device: torch.device, dtype: torch.dtype):
-        self.vae = pipe.vae.to(device, dtype).eval().requires_grad_(False)
-        self.text_encoder = pipe.text_encoder.to(device, dtype).eval().requires_grad_(False)
-        self.tokenizer = pipe.tokenizer
+        self.pipe, self.vae = pipe, pipe.vae.to(device, dtype).eval().requires_grad_(False)
+        self.text_encoders = [encoder.to(device, dtype).eval().requires_grad_(False) for encoder in
+                              (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if encoder is not None]
         self.device, self.dtype = device, dtype
 
     @torch.no_grad()
@@ -40,16 +42,23 @@ class Encoder:
         """The VAE posterior's parameters (mean and log-variance, stacked on channels) of B x 3 x H x W images."""
         return self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.parameters
 
-    @torch.no_grad()
-    def text(self, captions: list[str]) -> torch.Tensor:
-        """The text encoder's last hidden states (B x L x D) for `captions`, padded to the tokenizer's length."""
-        ids = self.tokenizer(list(captions), padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device))[0]
+    def text(self, captions: list[str]) -> Conditioning:
+        """The conditioning of `captions`, as the pipeline encodes them."""
+        return encode(self.pipe, list(captions), device=self.device)[0]
+
+    def unconditional(self) -> Conditioning:
+        """The unconditional branch's conditioning (one row), as the pipeline samples it under guidance."""
+        return encode(self.pipe, [""], negative=True, device=self.device)[1]
+
+    def offload(self) -> None:
+        """Move the encoders to the CPU (training from a cache needs neither)."""
+        for module in (self.vae, *self.text_encoders):
+            module.to("cpu")
 
 
 class CachedDataset(torch.utils.data.Dataset):
-    """Examples read from a cache: {"moments": 2C x h x w, "text_embeds": L x D}, mirrored per epoch like the images."""
+    """Examples read from a cache: {"moments": 2C x h x w, "text_embeds": L x D, and for SDXL "pooled": P},
+    mirrored per epoch like the images."""
 
     def __init__(self, directory: Path, seed: int):
         self.directory, self.seed, self.epoch = Path(directory), seed, 0
@@ -64,15 +73,19 @@ class CachedDataset(torch.utils.data.Dataset):
 
     def _open(self):
         if self._arrays is None:
+            pooled = (self.directory / "pooled.npy").is_file()
+            names = ("moments", "captions", "text") + (("pooled",) if pooled else ())
             self._arrays = [np.load(self.directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-                            for name in ("moments", "captions", "text")]
+                            for name in names]
         return self._arrays
 
     def __getitem__(self, index: int) -> dict:
-        moments, captions, text = self._open()
+        moments, captions, text, *pooled = self._open()
         variant = int(moments.shape[1] == 2 and flips(self.seed, self.epoch, index))
-        return {"moments": torch.from_numpy(np.array(moments[index, variant])),
-                "text_embeds": torch.from_numpy(np.array(text[captions[index]]))}
+        row = captions[index]
+        item = {"moments": torch.from_numpy(np.array(moments[index, variant])),
+                "text_embeds": torch.from_numpy(np.array(text[row]))}
+        return item | ({"pooled": torch.from_numpy(np.array(pooled[0][row]))} if pooled else {})
 
 
 def cache_key(dataset: Captioned, teacher: str, dtype: torch.dtype) -> dict:
@@ -114,7 +127,11 @@ def build_cache(directory: Path, dataset: Captioned, encoder: Encoder, key: dict
     moments.flush()
     np.save(directory / "captions.npy", captions)
     texts = list(rows)
-    embeddings = [encoder.text(texts[i:i + batch_size]).float().cpu().numpy() for i in range(0, len(texts), batch_size)]
-    np.save(directory / "text.npy", np.concatenate(embeddings).astype(text_dtype))
+    encoded = [encoder.text(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    np.save(directory / "text.npy",
+            np.concatenate([c.embeds.float().cpu().numpy() for c in encoded]).astype(text_dtype))
+    if encoded[0].pooled is not None:
+        np.save(directory / "pooled.npy",
+                np.concatenate([c.pooled.float().cpu().numpy() for c in encoded]).astype(text_dtype))
     meta.write_text(json.dumps({**key, "complete": True}, indent=2) + "\n")
     return directory

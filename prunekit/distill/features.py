@@ -9,6 +9,11 @@ student's latest point of that shape. For BK-SDM-Tiny this pairs the student's l
 lost its downsampler with the innermost stage) with the teacher's last attention before its downsampler,
 as BK-SDM did.
 
+`layers="self-attn"` (KOALA's finding: self-attention features matter most for SDXL students) matches instead
+the output of every self-attention (`attn1` of each transformer layer) that the student keeps, with the
+teacher's self-attention it was copied from, read off the weight map as the stages are: a student transformer
+layer maps to one teacher layer. A stage's attention that the student keeps whole maps layer for layer.
+
 Hooks are registered on the unwrapped model's modules and keyed by module path, so they work unchanged
 when the model is then wrapped for DDP (no "module." prefixes to get wrong, BK-SDM's multi-GPU bug).
 """
@@ -22,6 +27,7 @@ from torch import nn
 from prunekit.errors import PrunekitError
 
 STAGES = ("down_blocks", "up_blocks")
+LAYERS = ("block-out", "self-attn")  # what features are matched: stage outputs (BK-SDM's), self-attentions (KOALA's)
 _PARTS = ("resnets", "attentions", "downsamplers", "upsamplers")
 
 
@@ -97,13 +103,12 @@ def point_shapes(model: nn.Module, points: list[str], sample_size: int) -> list[
     """
     from prunekit.models import build_unet_meta
 
+    from prunekit.costs import example_inputs
+
     meta = build_unet_meta(dict(model.config))
-    config = meta.config
     taps = FeatureTaps(meta, points)
     with torch.device("meta"), taps.capture() as features:
-        sample = torch.zeros(1, config.in_channels, sample_size, sample_size)
-        context = torch.zeros(1, 1, config.cross_attention_dim)
-        meta(sample, torch.ones(1, dtype=torch.long), context)
+        meta(**example_inputs({**dict(meta.config), "sample_size": sample_size}, tokens=1))
     taps.remove()
     return [(path, tuple(tensor.shape)) for path, tensor in features.items()]
 
@@ -121,9 +126,21 @@ def match_points(student: list[tuple[str, tuple]], teacher: list[tuple[str, tupl
     return None
 
 
+def self_attention_pairs(student: nn.Module, weight_map: dict[str, str]) -> list[tuple[str, str]]:
+    """(student path, teacher path) of every self-attention the student keeps, in forward order."""
+    from prunekit.surgery import tensor_sources
+
+    paths = [path for path, _ in student.named_modules() if path.endswith(".attn1")]
+    sources = tensor_sources([f"{path}.to_q.weight" for path in paths], weight_map)
+    return [(path, sources[f"{path}.to_q.weight"][:-len(".to_q.weight")]) for path in paths]
+
+
 def feature_pairs(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str],
-                  sample_size: int | None = None) -> list[tuple[str, str]]:
-    """(student path, teacher path) of every feature to match, one per student stage that has a teacher stage."""
+                  sample_size: int | None = None, layers: str = "block-out") -> list[tuple[str, str]]:
+    """(student path, teacher path) of every feature to match: one per student stage that has a teacher stage
+    (`block-out`), or one per self-attention the student keeps (`self-attn`)."""
+    if layers == "self-attn":
+        return self_attention_pairs(student, weight_map)
     sample_size = sample_size or teacher.config.sample_size
     stages = stage_map(weight_map)
     student_points = {stage: candidate_points(student, stage) for stage in stages}

@@ -29,6 +29,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from prunekit.conditioning import Conditioning
 from prunekit.distill import checkpoints
 from prunekit.distill.data import EpochSampler
 from prunekit.distill.features import FeatureTaps
@@ -60,6 +61,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     weights: Weights = field(default_factory=Weights)
     feat_norm: str = "none"
+    feat_layers: str = "block-out"  # which features the pairs match (prunekit.distill.features.LAYERS)
     caption_dropout: float = 0.0  # share of examples trained on the empty caption
     ema: bool = False
     ema_decay: float = 0.9999  # the EMA's largest decay, reached by diffusers' warm-up 1 - (1 + step) ** (-2/3)
@@ -79,7 +81,8 @@ class TrainConfig:
                 "feat_norm": self.feat_norm, "caption_dropout": self.caption_dropout, "ema": self.ema,
                 "ema_decay": self.ema_decay if self.ema else None,
                 "seed": self.seed, "mixed_precision": accelerator.mixed_precision,
-                "num_processes": accelerator.num_processes}
+                "num_processes": accelerator.num_processes,
+                **({"feat_layers": self.feat_layers} if self.feat_layers != "block-out" else {})}  # older runs resume
 
     @property
     def schedule_length(self) -> int | None:
@@ -102,14 +105,14 @@ class Distiller:
         teacher: the teacher U-Net; it is frozen, put in eval mode and cast to the compute dtype here.
         scheduler: the teacher pipeline's scheduler; training noises with a DDPMScheduler of its config
             (the noise schedule and the prediction type).
-        encoder: the frozen VAE and text encoder (prunekit.distill.cache.Encoder), or None when `dataset`
+        encoder: the frozen VAE and text encoder(s) (prunekit.distill.cache.Encoder), or None when `dataset`
             yields cached moments and text embeddings.
-        dataset: examples of {"pixel_values", "text"} or of {"moments", "text_embeds"}.
+        dataset: examples of {"pixel_values", "text"} or of {"moments", "text_embeds"} (and "pooled" for SDXL).
         pairs: (student path, teacher path) of every feature to match (prunekit.distill.features).
         scaling_factor: the VAE's latent scaling factor.
-        empty: the empty caption's text embedding (1 x L x D): a `caption_dropout` share of the examples train
-            on it (student and teacher alike), so that the unconditional prediction guidance needs is
-            distilled too.
+        empty: the unconditional branch's conditioning (one row, prunekit.conditioning; SDXL's time ids, which
+            every example shares, with it): a `caption_dropout` share of the examples train on it (student and
+            teacher alike), so that the unconditional prediction guidance needs is distilled too.
         target_hook: a hook that changes the task loss's target of captioned examples: `hook.target(target,
             unguided)` gets the student's own empty-caption prediction for the same noisy input. A
             guidance-tuned teacher's card gives one (prunekit.guidance_tuning.TunedGuidance), so its students
@@ -118,7 +121,7 @@ class Distiller:
 
     def __init__(self, accelerator: Accelerator, student: UNet2DConditionModel, teacher: UNet2DConditionModel,
                  scheduler, encoder, dataset, pairs: list[tuple[str, str]], scaling_factor: float,
-                 config: TrainConfig, out: Path, empty: torch.Tensor, target_hook: TaskTarget | None = None):
+                 config: TrainConfig, out: Path, empty: Conditioning, target_hook: TaskTarget | None = None):
         self.accelerator, self.config, self.out = accelerator, config, Path(out)
         self.device, self.dtype = accelerator.device, DTYPES[accelerator.mixed_precision]
         self.scheduler = DDPMScheduler.from_config(scheduler.config)
@@ -154,10 +157,15 @@ class Distiller:
 
     # -- one step -------------------------------------------------------------------------------------
 
-    def _inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if "moments" in batch:
-            return batch["moments"].to(self.device), batch["text_embeds"].to(self.device, self.dtype)
-        return self.encoder.moments(batch["pixel_values"]), self.encoder.text(batch["text"])
+    def _inputs(self, batch: dict) -> tuple[torch.Tensor, Conditioning]:
+        if "moments" not in batch:
+            return self.encoder.moments(batch["pixel_values"]), self.encoder.text(batch["text"]).to(self.device,
+                                                                                                  self.dtype)
+        embeds = batch["text_embeds"].to(self.device, self.dtype)
+        if "pooled" not in batch:
+            return batch["moments"].to(self.device), Conditioning(embeds)
+        ids = self.empty.time_ids.expand(len(embeds), -1)
+        return batch["moments"].to(self.device), Conditioning(embeds, batch["pooled"].to(self.device, self.dtype), ids)
 
     def losses(self, batch: dict):
         """The losses of one micro-batch (prunekit.distill.losses.Losses), with the graph for backward."""
@@ -168,24 +176,24 @@ class Distiller:
                                   generator=self.generator, device=self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         target = task_target(self.scheduler, latents, noise, timesteps)
-        empty = self.empty.expand_as(context).to(context.dtype)
+        empty = self.empty.to(self.device, self.dtype).repeat(len(latents))
         dropped = torch.zeros(len(latents), dtype=torch.bool, device=self.device)
         if self.config.caption_dropout:  # the unconditional branch that guidance needs is distilled too
             draws = torch.rand(len(latents), generator=self.generator, device=self.device)
             dropped = draws < self.config.caption_dropout
-            context = torch.where(dropped[:, None, None], empty, context)
+            context = context.where(dropped, empty)
         if self.target_hook is not None:
             with torch.no_grad():
-                unguided = self.student(noisy, timesteps, empty.float()).sample
+                unguided = self.student(noisy, timesteps, **empty.to(self.device, torch.float32).unet_kwargs()).sample
             tuned = self.target_hook.target(target, unguided.float())
             target = torch.where(dropped[:, None, None, None], target, tuned)  # empty captions keep the plain one
         weights = self.config.weights
         with self.student_taps.capture() as student_features:
-            prediction = self.student(noisy, timesteps, context.float()).sample  # autocast, where on, casts down
+            prediction = self.student(noisy, timesteps, **context.to(self.device, torch.float32).unet_kwargs()).sample
         teacher_prediction, teacher_features = None, None
         if weights.needs_teacher:
             with torch.no_grad(), self.teacher_taps.capture() as teacher_features:
-                teacher_prediction = self.teacher(noisy.to(self.dtype), timesteps, context.to(self.dtype)).sample
+                teacher_prediction = self.teacher(noisy.to(self.dtype), timesteps, **context.unet_kwargs()).sample
         return distill_losses(prediction, target, weights, teacher_prediction, student_features, teacher_features,
                               self.pairs, self.config.feat_norm)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from prunekit.errors import PrunekitError
 from prunekit.models import Model, resolve_model
 from prunekit.options import check_choice, check_count, check_output_file, merged, resolve_device
-from prunekit.plan import PRESETS, Plan, make_plan, preset_remove
+from prunekit.plan import PRESETS, Plan, make_plan, preset_remove, presets_for
 from prunekit.planner.budget import COSTS, Budget, imbalance
 from prunekit.planner.cache import Cache
 from prunekit.planner.objective import OBJECTIVES, Additive, Measured
@@ -92,15 +92,12 @@ def _free_granularity(config: dict, loss_of: Additive) -> str:
 
 
 def _presets(config: dict, space, objective, meter) -> dict:
-    """The BK-SDM presets that fit this U-Net: their cost fractions and loss (None where the objective
-    cannot score them). Their parameters and MACs add up exactly over their units (the presets keep the mid
-    block or drop it whole, so no correction applies)."""
+    """The presets that fit this U-Net: their cost fractions and loss (None where the objective cannot score
+    them). Their parameters and MACs add up exactly over their units (no preset drops a stage and keeps the mid
+    block, so no correction applies)."""
     rows = {}
-    for name in PRESETS:
-        try:
-            remove = preset_remove(name, config)
-        except PrunekitError:
-            continue
+    for name in presets_for(config):
+        remove = preset_remove(name, config)
         row = {f"{metric}_fraction": space.additive_fraction(remove, metric) for metric in COST_METRICS}
         if meter is not None:
             row["latency_fraction"] = meter.fraction(remove)
@@ -181,6 +178,9 @@ def _objective(model: Model, options: PlanOptions, measure):
         if measure is None:
             raise PrunekitError("the measured objective needs a measuring function: pass measure=... to "
                                 "prunekit.planner.plan (prunekit.planner.measured.measurer builds one).")
+        if getattr(measure, "kind", options.kind) != options.kind:
+            raise PrunekitError(f"the measuring function measures {measure.kind} students but the plans are "
+                                f"{options.kind}: build it with kind={options.kind!r}.")
         if run is not None and run.record_path.is_file():
             run.check_model(model.fingerprint)
         loss_of = Measured(measure, Cache(run.cache_path if run is not None else None, "measured"))
@@ -192,7 +192,7 @@ def _objective(model: Model, options: PlanOptions, measure):
     run.check_model(model.fingerprint)
     loss_of = Additive(table, all_units(config, costs=False), run.table_path, run.intervals())
     granularity = _free_granularity(config, loss_of) if options.kind == "free" else "block"
-    plan_space = make_space(options.kind, config, granularity)
+    plan_space = make_space(options.kind, config, granularity, scorable=loss_of.scores)
     loss_of(plan_space.removable())  # every unit the space may remove has a sensitivity, or this says which not
     return loss_of, plan_space, [model.fingerprint, loss_of.digest]
 

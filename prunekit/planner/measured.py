@@ -14,15 +14,16 @@ Given a sensitivity run, the measurement copies its prompt set, steps, guidance,
 dtype (hence its rule), and only takes fewer prompts. A proxy run's eps_mse has no generated counterpart: its
 candidates are measured by the full-mode default, -delta_clip_score.
 
-How a candidate is removed:
+How a candidate is removed depends on the kind of plan it is for (`kind`):
 
-- a unit inside another unit of the candidate (a pair's resnet, the blocks of a removed stage) is left out:
-  removing its container removes it;
-- otherwise all units are ablated at once with prunekit.ablation.ablate, as the sweep ablates one;
-- adjacent stages (stage0 with stage1, ...) share the downsampler between them, so ablation refuses them
-  together: such a candidate is measured on its surgery student (prunekit.surgery.build_student), the
-  diffusers U-Net its plan would build, swapped into the pipeline. For candidates of diffusers plans
-  the two agree: ablating the units computes what the student computes (tests/test_measured.py checks it).
+- `diffusers`: the candidate's surgery student (prunekit.surgery.build_student), the plain U-Net its plan
+  would build, is swapped into the pipeline. Ablation would not always compute it: a removed up pair's
+  stand-in discards the skip connection it would have taken, while the student's kept up resnets take the
+  skips in order, so removing an up stage's pair 0 (not 1) feeds the two different tensors
+  (tests/test_measured.py shows one);
+- `free`: all units are ablated at once with prunekit.ablation.ablate, as the sweep ablates one, which is what
+  the free student computes; a unit inside another unit of the candidate (a pair's resnet) is left out, as
+  removing its container removes it.
 
 A Measure does not cache: the planner's `Measured` objective caches its losses per candidate in the run
 directory, so each candidate is measured once.
@@ -33,11 +34,12 @@ import hashlib
 import json
 from contextlib import contextmanager
 
-from prunekit.errors import PrunekitError
 from prunekit.graph import outermost
 from prunekit.models import Model
 from prunekit.rundir import RunDir
+from prunekit.options import check_choice
 from prunekit.sensitivity.settings import rule_value
+from prunekit.surgery import KINDS
 
 # run.json arguments a measurement copies from its sensitivity run (those not given explicitly)
 _FROM_RUN = ("prompts", "steps", "guidance", "seed", "clip_model", "dtype")
@@ -69,8 +71,8 @@ def _run_arguments(sensitivity) -> dict:
 class Measure:
     """The loss of removing a candidate's units at once, on fixed prompts and noise (see the module docstring)."""
 
-    def __init__(self, settings, pipe, sampler, scorer):
-        self.settings, self.pipe, self.sampler, self.scorer = settings, pipe, sampler, scorer
+    def __init__(self, settings, pipe, sampler, scorer, kind: str = "diffusers"):
+        self.settings, self.pipe, self.sampler, self.scorer, self.kind = settings, pipe, sampler, scorer, kind
         self.rule = settings.sensitivity_rule()
         latents = sampler.latents()
         self.baseline = scorer.set_baseline(latents, sampler.images(latents))
@@ -83,17 +85,15 @@ class Measure:
 
     def _latents(self, remove: list[str]):
         """The final latents with all of `remove` removed (see the module docstring for how)."""
-        from prunekit.ablation import ablate, check_together, resolve
+        from prunekit.ablation import ablate, resolve
         from prunekit.surgery import build_student
 
-        units = outermost(resolve(self.pipe.unet, list(dict.fromkeys(remove))))  # a container removes its parts
-        try:
-            check_together(units)
-        except PrunekitError:  # units that share a module (adjacent stages): the surgery student
-            student, _ = build_student(self.pipe.unet, [u.name for u in units])
+        remove = list(dict.fromkeys(remove))
+        if self.kind == "diffusers":
+            student, _ = build_student(self.pipe.unet, remove)
             with unet_swapped(self.pipe, student.eval()):
                 return self.sampler.latents()
-        with ablate(self.pipe.unet, units):
+        with ablate(self.pipe.unet, outermost(resolve(self.pipe.unet, remove))):  # a container removes its parts
             return self.sampler.latents()
 
     def scores(self, remove: list[str]) -> dict[str, float]:
@@ -109,8 +109,8 @@ class Measure:
         return self.loss(self.scores(remove))
 
 
-def measurer(model: str | Model = "tiny-sd", sensitivity=None, **changes) -> Measure:
-    """A Measure for `model`: its pipeline loaded, its prompts encoded, its baseline generated.
+def measurer(model: str | Model = "tiny-sd", sensitivity=None, kind: str = "diffusers", **changes) -> Measure:
+    """A Measure for `model` and plans of `kind`: its pipeline loaded, its prompts encoded, its baseline generated.
 
     The sweep's options (prunekit.sensitivity.SweepOptions) come from the sensitivity run `sensitivity`
     (runs/NAME) if given, else from the sweep's defaults (the model card's prompt set and guidance, 25 steps,
@@ -124,6 +124,7 @@ def measurer(model: str | Model = "tiny-sd", sensitivity=None, **changes) -> Mea
     from prunekit.sensitivity.scoring import Scorer
     from prunekit.sensitivity.settings import SweepOptions, resolve
 
+    check_choice("kind", kind, KINDS)
     chosen = {"num_prompts": DEFAULT_PROMPTS, **_run_arguments(sensitivity),
               **{key: value for key, value in changes.items() if value is not None}, "mode": "full"}
     settings = resolve(model, str(sensitivity or ""), SweepOptions(**chosen))
@@ -133,7 +134,7 @@ def measurer(model: str | Model = "tiny-sd", sensitivity=None, **changes) -> Mea
     sampler = Sampler(pipe, texts, image_seeds(settings.seed, len(texts)), settings.steps, settings.guidance,
                       settings.batch_size)
     scorer = Scorer(settings.metrics, texts, clip, settings.clip_model, settings.judge)
-    return Measure(settings, pipe, sampler, scorer)
+    return Measure(settings, pipe, sampler, scorer, kind)
 
 
 def deferred_measurer(*args, **kwargs):
@@ -146,6 +147,7 @@ def deferred_measurer(*args, **kwargs):
             built.append(measurer(*args, **kwargs))
         return built[0](remove)
 
+    measure.kind = kwargs.get("kind", "diffusers")
     settings = json.dumps([args, kwargs], sort_keys=True, default=str)
     measure.identity = hashlib.sha256(settings.encode()).hexdigest()[:16]  # keys the planner's cache of losses
     return measure

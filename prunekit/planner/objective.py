@@ -60,6 +60,14 @@ class Additive:
             return 0.0
         return sum(self._halfwidth(part) for part in self._parts(name))
 
+    def scores(self, name: str) -> bool:
+        """Whether unit `name` has a sensitivity (its own row, or rows for all its parts)."""
+        try:
+            self.unit(name)
+        except PrunekitError:
+            return False
+        return True
+
     def unit(self, name: str) -> float:
         """The sensitivity of unit `name`: its own row, else the sum of its parts'."""
         if name not in self.resolved:

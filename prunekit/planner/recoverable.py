@@ -163,10 +163,17 @@ class Recoverable:
         return sum(1 - student[name] / teacher[name] for name in teacher if teacher[name])
 
 
+ENUMERABLE = 200_000  # plans the recoverable pool may enumerate (a few seconds)
+
+
 def feasible(space, costs, budget) -> list[dict]:
     """Every plan of the space within the budget ({"remove", "costs"}), in the space's order."""
+    if space.size() > ENUMERABLE:
+        raise PrunekitError(f"the recoverable objective looks at every plan of its space, and this one holds "
+                            f"{space.size():,} (transformer depths multiply it): plan from a pair-granularity "
+                            "sweep, whose space has no depth choices, or use the additive objective.")
     found = {}
-    for state in states(space):
+    for state in space.states():
         spent = costs(state)
         if budget.fits(spent):
             found.setdefault(" ".join(space.remove(state)), {"remove": space.remove(state), "costs": spent})
@@ -191,15 +198,3 @@ def pool(space, costs, budget, additive, count: int, seed: int) -> list[dict]:
     plans = feasible(space, costs, budget)
     chosen = sorted(plans, key=lambda c: (additive(c["remove"]), c["remove"]))[:(count + 1) // 2]
     return chosen + random_plans(plans, budget, count - len(chosen), seed, [c["remove"] for c in chosen])
-
-
-def states(space):
-    """Every state of a diffusers plan space."""
-    import itertools
-
-    from prunekit.planner.space import Layout
-
-    full = space.full()
-    for m, mid in space.cores:
-        for combo in itertools.product(*space.options[:space.n - m]):
-            yield Layout(m, mid, tuple(combo) + full.stages[space.n - m:])

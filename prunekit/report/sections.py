@@ -14,7 +14,6 @@ from pathlib import Path
 from prunekit import comparison
 from prunekit.costs import human
 from prunekit.distill import final_student
-from prunekit.errors import PrunekitError
 from prunekit.evaluate import headline
 from prunekit.graph import Removed
 from prunekit.plan import PRESETS
@@ -320,15 +319,13 @@ def _front(points: list[dict], key: str) -> list[dict]:
 
 
 def _preset_sets(run: Run) -> dict[str, frozenset]:
-    """What each BK-SDM preset removes from this teacher (empty when the presets do not fit it)."""
-    from prunekit.plan import preset_remove
+    """What each preset that fits this teacher removes from it."""
+    from prunekit.plan import preset_remove, presets_for
 
     if run.teacher is None:
         return {}
-    try:
-        return {name: frozenset(preset_remove(name, run.teacher.config)) for name in PRESETS}
-    except PrunekitError:
-        return {}
+    config = run.teacher.config
+    return {name: frozenset(preset_remove(name, config)) for name in presets_for(config)}
 
 
 def _preset_name(point: dict, presets: dict[str, frozenset]) -> str | None:

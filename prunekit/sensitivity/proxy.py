@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers import UNet2DConditionModel
 
+from prunekit.conditioning import Conditioning
 from prunekit.errors import PrunekitError
 from prunekit.graph import Unit, inside
 
@@ -38,14 +39,14 @@ class BlockForward:
 
     The stages are conv_in, each down block, the mid block, each up block and the output head. Each calls the
     U-Net's current modules exactly as diffusers' forward does (so ablation stand-ins take effect), and a whole
-    run equals `unet(...).sample` bit for bit. Only the text-to-image path: no class or added embeddings,
-    attention masks, adapters or ControlNet residuals.
+    run equals `unet(...).sample` bit for bit. Only the text-to-image path: SDXL's added text and time
+    embedding, but no class or image embeddings, attention masks, adapters or ControlNet residuals.
     """
 
     def __init__(self, unet: UNet2DConditionModel):
-        if unet.class_embedding is not None or unet.config.addition_embed_type is not None:
-            raise PrunekitError("this U-Net takes class or added embeddings: proxy mode supports SD-1.x and "
-                                "SD-2.x-style U-Nets.")
+        if unet.class_embedding is not None or unet.config.addition_embed_type not in (None, "text_time"):
+            raise PrunekitError("this U-Net takes class or image embeddings: proxy mode supports SD-1.x, SD-2.x "
+                                "and SDXL-style U-Nets.")
         self.unet = unet
         self.stages: list[tuple[str, Callable[[Context, State], State]]] = [("conv_in", self._conv_in)]
         self.stages += [(f"down_blocks.{i}", self._down(i)) for i in range(len(unet.down_blocks))]
@@ -59,12 +60,15 @@ class BlockForward:
         names = [name for name, _ in self.stages]
         return min(i for path in unit.modules for i, name in enumerate(names) if inside(path, name))
 
-    def context(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> Context:
-        unet = self.unet
+    def context(self, sample: torch.Tensor, timestep: torch.Tensor, conditioning: Conditioning) -> Context:
+        unet, states, added = self.unet, conditioning.embeds, conditioning.added()
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+        aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=states, added_cond_kwargs=added)
+        if aug is not None:
+            emb = emb + aug
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
-        states = unet.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=None)
+        states = unet.process_encoder_hidden_states(encoder_hidden_states=states, added_cond_kwargs=added)
         factor = 2 ** unet.num_upsamplers
         return Context(emb, states, any(size % factor != 0 for size in sample.shape[-2:]))
 
@@ -143,12 +147,12 @@ def _noise(seed: int, index: int, shape: torch.Size) -> torch.Tensor:
 class Proxy:
     """The intact U-Net's predictions and activations on fixed noisy latents, and each ablation's eps_mse."""
 
-    def __init__(self, unet: UNet2DConditionModel, latents: torch.Tensor, embeds: torch.Tensor, timesteps: int,
+    def __init__(self, unet: UNet2DConditionModel, latents: torch.Tensor, conditioning: Conditioning, timesteps: int,
                  alphas_cumprod: torch.Tensor, seed: int, batch_size: int | None = None):
         self.forward = BlockForward(unet)
         grid = fixed_timesteps(timesteps, len(alphas_cumprod))
         self.timesteps = [grid[i % timesteps] for i in range(len(latents))]
-        device, dtype = embeds.device, unet.dtype
+        device, dtype = conditioning.embeds.device, unet.dtype
         self.batches: list[tuple[Context, list[State], torch.Tensor]] = []
         size = batch_size or len(latents)
         for start in range(0, len(latents), size):
@@ -158,7 +162,7 @@ class Proxy:
             alpha = alphas_cumprod.float().cpu()[steps].view(-1, 1, 1, 1)
             noisy = (alpha.sqrt() * clean + (1 - alpha).sqrt() * noise).to(device, dtype)
             with torch.no_grad():
-                context = self.forward.context(noisy, steps.to(device), embeds[start:start + size])
+                context = self.forward.context(noisy, steps.to(device), conditioning[start:start + size])
             keep: list[State] = []
             intact = self.forward.run(context, (noisy, ()), keep=keep)
             self.batches.append((context, keep, intact))

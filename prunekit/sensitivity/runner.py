@@ -14,6 +14,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from prunekit.conditioning import encode
 from prunekit.ablation import ablate
 from prunekit import worlds
 from prunekit.generate import image_seeds
@@ -273,15 +274,14 @@ def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
     prompts = list(settings.prompts)
     if settings.proxy_latents == "baseline":
         sampler = _sampler(settings, pipe)
-        latents, embeds = sampler.latents(progress=settings.progress and main), sampler.embeds
+        latents, conditioning = sampler.latents(progress=settings.progress and main), sampler.conditioning
         if main:
             run.save_prompts(prompts)
             run.save_images("baseline", sampler.images(latents[:THUMBNAILS]))
     else:
         latents = _reference_latents(pipe, prompts, settings.batch_size)
-        with torch.no_grad():
-            embeds = pipe.encode_prompt(prompts, pipe.device, 1, False)[0]
-    proxy = Proxy(pipe.unet, latents, embeds, settings.timesteps, pipe.scheduler.alphas_cumprod, settings.seed,
+        conditioning, _ = encode(pipe, prompts)
+    proxy = Proxy(pipe.unet, latents, conditioning, settings.timesteps, pipe.scheduler.alphas_cumprod, settings.seed,
                   settings.batch_size)
 
     def measure(unit: Unit) -> tuple[dict, torch.Tensor]:

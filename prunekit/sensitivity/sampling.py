@@ -1,9 +1,9 @@
 """Generation for a sweep: the prompts encoded once, every generation batched across prompts from the same noise.
 
-The pipeline samples as usual (its own scheduler and classifier-free guidance), given the prompt embeddings
-instead of the prompts. Image i's initial noise comes from its own CPU generator seeded `seeds[i]`
-(prunekit.generate.image_seeds), so the baseline and every ablation start from identical noise and no image
-depends on the batch it ran in.
+The pipeline samples as usual (its own scheduler and classifier-free guidance), given the prompts' conditioning
+(prunekit.conditioning: SDXL's pooled embeddings too) instead of the prompts. Image i's initial noise comes
+from its own CPU generator seeded `seeds[i]` (prunekit.generate.image_seeds), so the baseline and every
+ablation start from identical noise and no image depends on the batch it ran in.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from PIL import Image
 
 from tqdm.auto import tqdm
 
+from prunekit.conditioning import encode, pipe_kwargs
 from prunekit.generate import decode
 
 
@@ -25,8 +26,7 @@ class Sampler:
                  guidance: float, batch_size: int | None = None):
         self.pipe, self.seeds, self.steps, self.guidance = pipe, list(seeds), steps, guidance
         self.batch_size = batch_size or len(prompts)
-        with torch.no_grad():
-            self.embeds, self.negative = pipe.encode_prompt(list(prompts), pipe.device, 1, guidance > 1)
+        self.conditioning, self.negative = encode(pipe, list(prompts), negative=guidance > 1)
 
     @torch.no_grad()
     def latents(self, indices: list[int] | None = None, progress: bool = False) -> torch.Tensor:
@@ -43,10 +43,10 @@ class Sampler:
         for start in batches:
             batch = indices[start:start + self.batch_size]
             generators = [torch.Generator("cpu").manual_seed(self.seeds[i]) for i in batch]
-            output = self.pipe(prompt_embeds=self.embeds[batch],
-                               negative_prompt_embeds=None if self.negative is None else self.negative[batch],
-                               num_inference_steps=self.steps, guidance_scale=self.guidance, generator=generators,
-                               output_type="latent", callback_on_step_end=step_end if progress else None)
+            negative = None if self.negative is None else self.negative[batch]
+            output = self.pipe(**pipe_kwargs(self.conditioning[batch], negative), num_inference_steps=self.steps,
+                               guidance_scale=self.guidance, generator=generators, output_type="latent",
+                               callback_on_step_end=step_end if progress else None)
             latents.append(output.images.cpu())
         bar.close()
         return torch.cat(latents)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from prunekit import worlds
+from prunekit.conditioning import check_supported
 from prunekit.errors import PrunekitError
 from prunekit.graph import GRANULARITIES, Unit, enumerate_units
 from prunekit.metrics import METRICS, check_metrics, choose_clip
@@ -245,13 +246,6 @@ def _units(config: dict, granularity: str, names: list[str] | None) -> tuple[Uni
     return tuple(resolve(build_unet_meta(config), names))
 
 
-def _check_unet(model: Model) -> None:
-    config = model.config
-    if config.get("addition_embed_type") or config.get("class_embed_type"):
-        raise PrunekitError(f"{model.name}'s U-Net takes added conditioning (SDXL-style), which the sweep does not "
-                            "support yet: use an SD-1.x or SD-2.x-style model.")
-
-
 def _metrics(options: SweepOptions, judge: Judge | None) -> tuple[str, ...]:
     """The metric names of a full sweep; a judge's metric stands for itself in the names."""
     if options.mode == "proxy":
@@ -292,7 +286,7 @@ def resolve(model: str | Model, out: str, options: SweepOptions) -> Settings:
             raise PrunekitError(f"each prompt's latent is noised at one of the {options.timesteps} timesteps: give at "
                                 f"least {options.timesteps} prompts, or fewer --timesteps.")
     clip_model = choose_clip(options.clip_model, model.card, texts) if {"clip", "fid"} & set(chosen) else None
-    _check_unet(model)
+    check_supported(model.config, model.name)
     selected = _units(model.config, options.granularity, _names(options.units))
     guidance = model.card.guidance if options.guidance is None else float(options.guidance)
     return Settings(model, str(out), options.granularity, options.mode, chosen,
