@@ -11,7 +11,8 @@ from prunekit.export import FORMATS
 from prunekit.quiet import quiet_libraries
 
 PRESET_NAMES = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like")  # prunekit.plan.PRESETS, without torch
-MODEL_HELP = "an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, tiny-sd), a hub id or a local diffusers directory"
+MODEL_HELP = ("an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, tiny-sd, tiny-sdxl), a hub id or a local "
+              "diffusers directory")
 GUIDANCE_HELP = "classifier-free guidance scale (default: the model card's; 7.5 for SD)"
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)"
 SEED_HELP = "seed of every random choice (default 0): the same command gives the same numbers"

@@ -79,6 +79,7 @@ ALIASES = {
     "sd-v2-1": Alias("sd-v2-1", "stabilityai/stable-diffusion-2-1", {**_SD2, "sample_size": 96}),
     "sdxl-base": Alias("sdxl-base", "stabilityai/stable-diffusion-xl-base-1.0", _SDXL),
     "tiny-sd": Alias("tiny-sd", None, None, bundled="tiny-sd"),
+    "tiny-sdxl": Alias("tiny-sdxl", None, None, bundled="tiny-sdxl"),
 }
 CLIP_ALIASES = {"tiny-clip": "tiny-clip"}  # CLIP models shipped in the package: alias -> folder under assets
 

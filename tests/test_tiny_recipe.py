@@ -1,9 +1,9 @@
-"""The one-command tiny-sd recipe: its shortened (smoke) form end to end, and its full arguments."""
+"""The one-command tiny-sd and tiny-sdxl recipes: their shortened (smoke) forms end to end, and their full arguments."""
 import json
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from prunekit.guidance_tuning import TunedGuidance
 from prunekit.card import ModelCard
@@ -39,3 +39,24 @@ def test_full_recipe_arguments_are_the_model_cards(tmp_path):
     assert base["unet_overshoot_shape_only"] and base["probe_weight"] == 0.05
     assert tuning["init"] == str(tmp_path / "1-base" / "tiny-sd") and tuning["seed"] != base["seed"]
     assert (tuning["tune_guidance"], tuning["tune_guidance_like"], tuning["unet_steps"]) == (7.5, 3.0, 400)
+
+
+def test_smoke_tiny_sdxl_recipe_builds_an_sdxl_pipeline_around_tiny_sds_parts(tmp_path):
+    """tiny-sdxl: tiny-sd's VAE and text encoder and tiny-clip's text tower, frozen, around a new U-Net of SDXL's
+    topology (every unit name of sdxl-base); the tuning run changes the U-Net alone."""
+    from prunekit.graph import enumerate_units
+    from prunekit.models import ASSETS, unet_config
+
+    model = recipe.main(["--model", "tiny-sdxl", "--out", str(tmp_path), "--smoke", "--threads", "1"])
+    assert model == tmp_path / "2-tuned" / "tiny-sdxl"
+    base, tuned = (StableDiffusionXLPipeline.from_pretrained(tmp_path / run / "tiny-sdxl", local_files_only=True)
+                   for run in ("1-base", "2-tuned"))
+    sd = StableDiffusionPipeline.from_pretrained(ASSETS / "tiny-sd", local_files_only=True)
+    mine, theirs = tuned.text_encoder.state_dict(), sd.text_encoder.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
+    assert torch.equal(tuned.vae.decoder.conv_out.weight, sd.vae.decoder.conv_out.weight)
+    assert tuned.text_encoder_2.config.projection_dim == tuned.unet.config.projection_class_embeddings_input_dim - 48
+    assert not torch.equal(tuned.unet.conv_in.weight, base.unet.conv_in.weight)
+    assert ModelCard.read(model).tuned == TunedGuidance(7.5, 3.0)
+    names = lambda config: [u.name for u in enumerate_units(config, "block", costs=False)]  # noqa: E731
+    assert names(dict(tuned.unet.config)) == names(unet_config("sdxl-base"))

@@ -1,14 +1,21 @@
-"""The architectures of tiny-clip and tiny-sd, and the assembly of the saved pipeline.
+"""The architectures of tiny-clip, tiny-sd and tiny-sdxl, and the assembly of the saved pipelines.
 
-The U-Net keeps SD-v1.4's exact block topology (three CrossAttnDownBlock2D and a DownBlock2D, a
+tiny-sd's U-Net keeps SD-v1.4's exact block topology (three CrossAttnDownBlock2D and a DownBlock2D, a
 UNetMidBlock2DCrossAttn, an UpBlock2D and three CrossAttnUpBlock2D, two layers per block) at a small
 width, so every unit name of SD-v1.4 exists in it. The VAE has three blocks: 64x64x3 images <-> 4x16x16
 latents. The schedulers are SD-v1.4's.
+
+tiny-sdxl's U-Net keeps SDXL's (a DownBlock2D then two CrossAttnDownBlock2D with 2 and 10 transformer layers,
+the mirror up blocks, the mid block, linear projections, `text_time` micro-conditioning), so every unit name
+of sdxl-base exists in it. It reads two text encoders concatenated, tiny-sd's and tiny-clip's text tower with
+its projection (whose pooled output is the added text embedding), and samples with SDXL's Euler scheduler.
 """
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                       StableDiffusionXLPipeline, UNet2DConditionModel)
+from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
+                          CLIPTokenizer)
 
 from prunekit.shapes.data import IMAGE_SIZE
 
@@ -64,6 +71,35 @@ def unet(cross_attention_dim: int, widths: tuple[int, int, int, int] = (32, 64, 
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=cross_attention_dim, attention_head_dim=heads, norm_num_groups=groups,
     )
+
+
+SDXL_TIME_DIM = 8  # channels of each of the six time ids' sinusoidal embedding (SDXL's: 256)
+
+
+def sdxl_unet(text_widths: tuple[int, int], pooled_width: int, widths: tuple[int, int, int] = (32, 48, 32),
+              heads: tuple[int, int, int] = (1, 2, 2), groups: int = 8) -> UNet2DConditionModel:
+    """SDXL's U-Net topology at `widths` over 4x16x16 latents, attending to two text encoders `text_widths` wide
+    (concatenated) and conditioned on a `pooled_width`-wide pooled text embedding and six time ids."""
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=widths,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), mid_block_type="UNetMidBlock2DCrossAttn",
+        cross_attention_dim=sum(text_widths), attention_head_dim=heads, use_linear_projection=True,
+        norm_num_groups=groups, addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_DIM,
+        projection_class_embeddings_input_dim=6 * SDXL_TIME_DIM + pooled_width,
+    )
+
+
+def sdxl_pipeline(vae_model: AutoencoderKL, text_model: CLIPTextModel, text_model_2: CLIPTextModelWithProjection,
+                  tokenizer: CLIPTokenizer, unet_model: UNet2DConditionModel) -> StableDiffusionXLPipeline:
+    """A complete StableDiffusionXLPipeline around the parts (one tokenizer for both encoders, no watermark;
+    the unconditional branch is zeros, as SDXL's)."""
+    scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, prediction_type="epsilon", steps_offset=1,
+                                       timestep_spacing="leading")
+    return StableDiffusionXLPipeline(vae=vae_model, text_encoder=text_model, text_encoder_2=text_model_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet_model, scheduler=scheduler,
+                                     force_zeros_for_empty_prompt=True, add_watermarker=False)
 
 
 def train_scheduler() -> DDPMScheduler:

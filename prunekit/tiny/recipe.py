@@ -1,53 +1,66 @@
-"""tiny-sd's whole recipe from scratch, as one command: `python -m prunekit.tiny.recipe --out DIR [--smoke]`.
+"""The recipes of the bundled tiny models from scratch, one command each:
+`python -m prunekit.tiny.recipe --out DIR [--model tiny-sd|tiny-sdxl] [--smoke]`.
 
-Two runs of prunekit.tiny.train, each recorded in its own folder:
+Each is two runs of prunekit.tiny.train, recorded in their own folders:
 
-1. DIR/1-base: tiny-clip, the VAE (its decoder then fine-tuned to decode guidance-pushed latents), and the
-   text encoder and U-Net trained jointly with offset noise, the shape-only overshoot and the attribute probe.
-2. DIR/2-tuned: that U-Net and text encoder guidance-tuned, so that SD's 7.5 samples as an ordinary model at 3.
+1. DIR/1-base: for tiny-sd, tiny-clip, the VAE (its decoder then fine-tuned to decode guidance-pushed
+   latents), and the text encoder and U-Net trained jointly with offset noise, the shape-only overshoot and the
+   attribute probe; for tiny-sdxl, a new SDXL-topology U-Net around the bundled tiny-sd's VAE and text encoder
+   and the bundled tiny-clip's text tower (frozen), trained the same way but for the probe.
+2. DIR/2-tuned: that U-Net (and tiny-sd's text encoder) guidance-tuned, so that SD's 7.5 samples as an ordinary
+   model at 3.
 
-The model is DIR/2-tuned/tiny-sd, its CLIP-score model DIR/1-base/tiny-clip. Any other argument (--threads 2,
---device cuda, ...) is passed to both runs. `--smoke` runs the same two runs with a few steps each (CI).
-The notes on why each option is there: the model card, prunekit/assets/tiny-sd/README.md.
+The model is DIR/2-tuned/MODEL, tiny-sd's CLIP-score model DIR/1-base/tiny-clip (tiny-sdxl's is the bundled
+one). Any other argument (--threads 2, --device cuda, ...) is passed to both runs. `--smoke` runs the same two
+runs with a few steps each (CI). The notes on why each option is there: the model cards,
+prunekit/assets/tiny-sd/README.md and prunekit/assets/tiny-sdxl/README.md.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from prunekit.models import ASSETS
 from prunekit.tiny import train
 
-SHARED = ["--unet-batch", "128", "--unet-overshoot", "4", "--unet-overshoot-shape-only", "--offset-noise", "0.2",
-          "--probe-weight", "0.05"]
+GUIDED = ["--unet-batch", "128", "--unet-overshoot", "4", "--unet-overshoot-shape-only", "--offset-noise", "0.2"]
+SHARED = [*GUIDED, "--probe-weight", "0.05"]
 BASE = [*SHARED, "--seed", "0", "--vae-shape-weight", "5", "--decoder-overshoot", "8"]
 TUNING = [*SHARED, "--seed", "1", "--tune-guidance", "7.5", "--tune-guidance-like", "3"]
+XL_BASE = [*GUIDED, "--seed", "0", "--sdxl", "--init", str(ASSETS / "tiny-sd"), "--clip", str(ASSETS / "tiny-clip")]
+XL_TUNING = [*GUIDED, "--seed", "1", "--tune-guidance", "7.5", "--tune-guidance-like", "3"]
+FULL_UNET = ["--unet-steps", "2000", "--unet-stop-step", "1000", "--unet-warmup", "150", "--unet-lr", "1e-3"]
+FULL_TUNING = ["--unet-steps", "400", "--unet-warmup", "50", "--unet-lr", "5e-4"]
 LENGTHS = {
-    "full": ([*BASE, "--decoder-steps", "2500", "--unet-steps", "2000", "--unet-stop-step", "1000",
-              "--unet-warmup", "150", "--unet-lr", "1e-3"],
-             [*TUNING, "--unet-steps", "400", "--unet-warmup", "50", "--unet-lr", "5e-4"]),
-    "smoke": ([*BASE, "--decoder-steps", "2", "--unet-batch", "8"], [*TUNING, "--unet-batch", "8"]),
+    ("tiny-sd", "full"): ([*BASE, "--decoder-steps", "2500", *FULL_UNET], [*TUNING, *FULL_TUNING]),
+    ("tiny-sd", "smoke"): ([*BASE, "--decoder-steps", "2", "--unet-batch", "8"], [*TUNING, "--unet-batch", "8"]),
+    ("tiny-sdxl", "full"): ([*XL_BASE, *FULL_UNET], [*XL_TUNING, *FULL_TUNING]),
+    ("tiny-sdxl", "smoke"): ([*XL_BASE, "--unet-batch", "8"], [*XL_TUNING, "--unet-batch", "8"]),
 }
+MODELS = ("tiny-sd", "tiny-sdxl")
 
 
-def run_arguments(out: Path, preset: str, extra: list[str]) -> tuple[list[str], list[str]]:
+def run_arguments(out: Path, preset: str, extra: list[str], model: str = "tiny-sd") -> tuple[list[str], list[str]]:
     """The argument lists of the two prunekit.tiny.train runs."""
-    base, tuning = LENGTHS[preset]
+    base, tuning = LENGTHS[model, preset]
     return ([*base, "--preset", preset, "--out", str(out / "1-base"), *extra],
-            [*tuning, "--preset", preset, "--init", str(out / "1-base" / "tiny-sd"), "--out", str(out / "2-tuned"),
+            [*tuning, "--preset", preset, "--init", str(out / "1-base" / model), "--out", str(out / "2-tuned"),
              *extra])
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m prunekit.tiny.recipe", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output directory (1-base/, 2-tuned/)")
+    parser.add_argument("--model", choices=MODELS, default="tiny-sd", help="which bundled model (default tiny-sd)")
     parser.add_argument("--smoke", action="store_true", help="a few steps per stage (seconds; what CI runs)")
     args, extra = parser.parse_known_args(argv)
     out = Path(args.out)
-    base, tuning = run_arguments(out, "smoke" if args.smoke else "full", extra)
+    base, tuning = run_arguments(out, "smoke" if args.smoke else "full", extra, args.model)
     train.main(base)
     train.main(tuning)
-    model = out / "2-tuned" / "tiny-sd"
-    print(f"recipe done: {model} (model), {out / '1-base' / 'tiny-clip'} (CLIP-score model)", flush=True)
+    model = out / "2-tuned" / args.model
+    clip = out / "1-base" / "tiny-clip" if args.model == "tiny-sd" else ASSETS / "tiny-clip"
+    print(f"recipe done: {model} (model), {clip} (CLIP-score model)", flush=True)
     return model
 
 

@@ -20,6 +20,7 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 
 from prunekit.shapes import judge as attributes
 from prunekit.shapes import data as shapes
+from prunekit.conditioning import Conditioning
 from prunekit.guidance_tuning import TunedGuidance
 from prunekit.tiny.architecture import train_scheduler
 
@@ -281,14 +282,17 @@ class AttributeProbe(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
-def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer: CLIPTokenizer,
-               latents: torch.Tensor, images: Images, *, steps: int, batch_size: int, lr: float, warmup: int,
+def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel | None, tokenizer: CLIPTokenizer,
+               latents: torch.Tensor, images: Images, *, frozen: Conditioning | None = None, steps: int,
+               batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
                device: torch.device, overshoot: float = 1.0, overshoot_shape_only: bool = False,
                offset_noise: float = 0.0, tuned: TunedGuidance | None = None, bf16: bool, log_every: int,
                snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None], snapshot_minutes: float,
                max_minutes: float | None, stop_step: int | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule.
+    """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule; or, with `frozen` (the
+    conditioning of every caption and last of the unconditional branch, tiny-sdxl's frozen text encoders) and no
+    `text_model`, the U-Net alone.
 
     `latents` are scaled latents, one per example of `images` (whose labels give the captions). A
     `caption_dropout` fraction of captions becomes the empty string, for classifier-free guidance. The
@@ -316,9 +320,16 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
     latents = latents.to(device)
     center = latents.mean(0, keepdim=True)
     masks = shape_masks(images, latents.shape[-1]) if overshoot > 1 and overshoot_shape_only else None
-    models = torch.nn.ModuleList([unet, text_model]).to(device).train()
+    models = torch.nn.ModuleList([unet] + ([text_model] if text_model is not None else [])).to(device).train()
     averaged = copy.deepcopy(models).eval().requires_grad_(False) if ema_decay > 0 else models
     probe = AttributeProbe(text_model.config.hidden_size, images.captions).to(device) if probe_weight > 0 else None
+    frozen = frozen.to(device) if frozen is not None else None
+
+    def conditioning(rows: torch.Tensor) -> Conditioning:
+        """The conditioning of caption rows (`empty` = the unconditional branch)."""
+        if frozen is not None:
+            return frozen[rows]
+        return Conditioning(text_model(ids[rows]).last_hidden_state)
     params = [p for p in models.parameters() if p.requires_grad] + (list(probe.parameters()) if probe else [])
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     progress = Progress("unet", steps, log_every)
@@ -337,14 +348,14 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         pushed = overshoot_latents(clean, center, overshoot, generator, where) if overshoot > 1 else clean
         noisy = scheduler.add_noise(pushed, noise, timesteps)
         with autocast(device, bf16):
-            hidden = text_model(ids[labels]).last_hidden_state
-            pred = unet(noisy, timesteps, hidden).sample.float()
+            context = conditioning(labels)
+            pred = unet(noisy, timesteps, **context.unet_kwargs()).sample.float()
         captioned = labels != empty
         target = noise
         if tuned is not None and captioned.any():
             with torch.no_grad(), autocast(device, bf16):
-                empty_hidden = text_model(ids[empty:]).last_hidden_state.expand(int(captioned.sum()), -1, -1)
-                unguided = unet(noisy[captioned], timesteps[captioned], empty_hidden).sample.float()
+                unconditional = conditioning(torch.full((int(captioned.sum()),), empty, device=device))
+                unguided = unet(noisy[captioned], timesteps[captioned], **unconditional.unet_kwargs()).sample.float()
             target = noise.clone()
             target[captioned] = tuned.target(noise[captioned], unguided)
         snr = alphas[timesteps] / (1 - alphas[timesteps])
@@ -352,7 +363,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
         loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         probed = {}
         if probe is not None and captioned.any():
-            probed["probe"] = probe(hidden[captioned], labels[captioned])
+            probed["probe"] = probe(context.embeds[captioned], labels[captioned])
             loss = loss + probe_weight * probed["probe"]
         optimizer_step(optimizer, loss, params)
         if ema_decay > 0:
@@ -365,7 +376,7 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel, tokenizer:
             print(f"[unet] stopped after {step + 1} steps: --max-unet-minutes {max_minutes} reached", flush=True)
             break
         if step + 1 < steps and now - last_snapshot > snapshot_minutes * 60:
-            snapshot(averaged[0], averaged[1], step + 1)
+            snapshot(averaged[0], averaged[1] if text_model is not None else None, step + 1)
             last_snapshot = time.perf_counter()
     models.eval()
-    return averaged[0], averaged[1]
+    return averaged[0], averaged[1] if text_model is not None else None

@@ -13,7 +13,10 @@ so a continued U-Net's latents keep their meaning. `--decoder-overshoot S` and `
 decoder and the U-Net latents pushed away from the mean latent, as classifier-free guidance pushes them.
 `--tune-guidance G --tune-guidance-like S` trains the U-Net so that guidance G samples as an ordinary model
 at S, and records that in the pipeline's prunekit.json (prunekit.guidance_tuning).
-The shipped models come from two runs of this command: prunekit.tiny.recipe.
+`--sdxl --init TINY_SD --clip TINY_CLIP` makes tiny-sdxl instead: tiny-sd's VAE, tokenizer and text encoder and
+tiny-clip's text tower with its projection, frozen, around a new U-Net of SDXL's topology, which alone trains
+(saved to DIR/tiny-sdxl); `--init` of a saved tiny-sdxl continues its U-Net.
+The shipped models come from two runs of this command each: prunekit.tiny.recipe.
 """
 from __future__ import annotations
 
@@ -30,8 +33,9 @@ import diffusers
 import torch
 import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel
+from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTextModelWithProjection
 
+from prunekit.conditioning import Conditioning, encode
 from prunekit.guidance_tuning import TunedGuidance
 from prunekit.card import ModelCard
 from prunekit.tiny import architecture, stages
@@ -55,7 +59,8 @@ PRESETS = {
     },
 }
 DEFAULTS = {
-    "init": None, "fresh_unet": False, "seed": 0, "device": "cpu", "precision": "fp32", "threads": None,
+    "init": None, "fresh_unet": False, "sdxl": False, "clip": None, "seed": 0, "device": "cpu", "precision": "fp32",
+    "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
     "unet_overshoot_shape_only": False, "offset_noise": 0.0,
@@ -73,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> dict:
     parser.add_argument("--init", help="a saved tiny-sd pipeline to continue: only its U-Net and text encoder train")
     parser.add_argument("--fresh-unet", action="store_true", default=None,
                         help="with --init: keep its VAE and text encoder but train a new U-Net from scratch")
+    parser.add_argument("--sdxl", action="store_true", default=None,
+                        help="make tiny-sdxl: --init's tiny-sd parts and --clip's text tower around a new SDXL U-Net")
+    parser.add_argument("--clip", help="with --sdxl: the tiny-clip whose text tower is tiny-sdxl's second encoder")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="fp32 (default; faster on CPU) or bf16 autocast")
@@ -120,6 +128,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
                                                            "stopped part-way)")
     parser.add_argument("--log-every", type=int, help="steps between progress lines")
     given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
+    if given.get("sdxl") and not ("init" in given and "clip" in given):
+        parser.error("--sdxl needs --init (the tiny-sd whose VAE and text encoder it takes) and --clip (tiny-clip)")
     if given.get("fresh_unet") and "init" not in given:
         parser.error("--fresh-unet needs --init: it keeps that pipeline's VAE and text encoder")
     if given.get("unet_overshoot_shape_only") and given.get("unet_overshoot", 1.0) <= 1:
@@ -157,14 +167,20 @@ def save_clip(model, tokenizer, directory: Path) -> None:
     save_replacing(directory, save)
 
 
-def save_pipeline(vae, text_model, tokenizer, unet, directory: Path, tuned: TunedGuidance | None = None) -> None:
-    """The StableDiffusionPipeline directory (safetensors), tokenizer with vocab.json and merges.txt, and the
-    model card (prunekit.card): the shapes world's prompts, data and CLIP model; a guidance-tuned U-Net's card
-    records its tuning and takes its tuned scale as the default."""
+def save_pipeline(vae, text_model, tokenizer, unet, directory: Path, tuned: TunedGuidance | None = None,
+                  text_model_2=None) -> None:
+    """The StableDiffusionPipeline directory (StableDiffusionXLPipeline with `text_model_2`; safetensors),
+    tokenizer(s) with vocab.json and merges.txt, and the model card (prunekit.card): the shapes world's prompts,
+    data and CLIP model; a guidance-tuned U-Net's card records its tuning and takes its tuned scale as the
+    default."""
     def save(path: Path) -> None:
-        pipe = architecture.pipeline(vae, text_model, tokenizer, unet)
+        if text_model_2 is None:
+            pipe = architecture.pipeline(vae, text_model, tokenizer, unet)
+        else:
+            pipe = architecture.sdxl_pipeline(vae, text_model, text_model_2, tokenizer, unet)
         pipe.save_pretrained(path, safe_serialization=True)
-        save_tokenizer(tokenizer, path / "tokenizer")
+        for folder in ("tokenizer",) + (("tokenizer_2",) if text_model_2 is not None else ()):
+            save_tokenizer(tokenizer, path / folder)
         (replace(CARD, guidance=tuned.scale, tuned=tuned) if tuned else CARD).write(path)
 
     save_replacing(directory, save)
@@ -172,6 +188,37 @@ def save_pipeline(vae, text_model, tokenizer, unet, directory: Path, tuned: Tune
 
 def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def sdxl_parts(args: dict, device: torch.device):
+    """tiny-sdxl's frozen VAE (on `device`) and text encoders, and its U-Net: a new one (--sdxl, from tiny-sd's
+    parts and tiny-clip's text tower) or the saved tiny-sdxl's that --init names."""
+    source = Path(args["init"])
+    if args["sdxl"]:
+        vae, text_model, _ = load_parts(source, device)
+        text_model_2 = CLIPTextModelWithProjection.from_pretrained(args["clip"])
+        torch.manual_seed(args["seed"] + 6)
+        unet = architecture.sdxl_unet((text_model.config.hidden_size, text_model_2.config.hidden_size),
+                                      text_model_2.config.projection_dim)
+    else:
+        vae, text_model, unet = load_parts(source, device)
+        text_model_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2")
+    return vae, text_model.eval().requires_grad_(False), text_model_2.eval().requires_grad_(False), unet
+
+
+def frozen_conditioning(vae, text_model, text_model_2, tokenizer, unet, captions: list[str]) -> Conditioning:
+    """Each caption's conditioning as tiny-sdxl's pipeline encodes it, then the unconditional branch's (zeros)."""
+    pipe = architecture.sdxl_pipeline(vae, text_model, text_model_2, tokenizer, unet)
+    captioned, unconditional = encode(pipe, captions, negative=False, device=torch.device("cpu"))[0], \
+        encode(pipe, [""], negative=True, device=torch.device("cpu"))[1]
+    return Conditioning(*(torch.cat([a, b]) for a, b in zip((captioned.embeds, captioned.pooled, captioned.time_ids),
+                                                            (unconditional.embeds, unconditional.pooled,
+                                                             unconditional.time_ids))))
+
+
+def is_sdxl_pipeline(directory: str | None) -> bool:
+    return directory is not None and json.loads((Path(directory) / "model_index.json").read_text()).get(
+        "_class_name") == "StableDiffusionXLPipeline"
 
 
 def load_parts(pipeline_dir: Path, device: torch.device):
@@ -237,7 +284,17 @@ def main(argv: list[str] | None = None) -> dict:
     heldout_images = stages.Images("heldout", args["heldout_images"], seed + 1)
     log("images", train=len(train_images), heldout=len(heldout_images))
 
-    if args["init"]:
+    sdxl = args["sdxl"] or is_sdxl_pipeline(args["init"])
+    text_model_2 = frozen = None
+    if sdxl:
+        vae, text_model, text_model_2, unet = sdxl_parts(args, device)
+        pool = stages.encode_pool(vae, train_images, device)
+        scaling = vae.config.scaling_factor
+        frozen = frozen_conditioning(vae.to("cpu"), text_model, text_model_2, tokenizer, unet,
+                                     train_images.captions)
+        vae.to(device)
+        log("init", source=args["init"], sdxl=True, unet_params=count(unet))
+    elif args["init"]:
         vae, text_model, unet = load_parts(Path(args["init"]), device)
         pool = stages.encode_pool(vae, train_images, device)
         scaling = vae.config.scaling_factor
@@ -258,13 +315,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     tuned = TunedGuidance(args["tune_guidance"], args["tune_guidance_like"]) if args["tune_guidance"] else None
 
+    name = "tiny-sdxl" if sdxl else "tiny-sd"
+
     def snapshot(unet_model, text, step: int) -> None:
-        save_pipeline(vae, text, tokenizer, unet_model, out / "tiny-sd", tuned)
-        print(f"[unet] snapshot of step {step} saved to {out / 'tiny-sd'}", flush=True)
+        save_pipeline(vae, text or text_model, tokenizer, unet_model, out / name, tuned, text_model_2)
+        print(f"[unet] snapshot of step {step} saved to {out / name}", flush=True)
 
     unet_start = time.perf_counter()
-    unet, text_model = stages.train_unet(
-        unet, text_model, tokenizer, pool * scaling, train_images, steps=args["unet_steps"],
+    unet, trained_text = stages.train_unet(
+        unet, None if sdxl else text_model, tokenizer, pool * scaling, train_images, frozen=frozen,
+        steps=args["unet_steps"],
         batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
         probe_weight=args["probe_weight"], overshoot=args["unet_overshoot"],
@@ -273,9 +333,10 @@ def main(argv: list[str] | None = None) -> dict:
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
         max_minutes=args["max_unet_minutes"], stop_step=args["unet_stop_step"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
-    save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / "tiny-sd", tuned)
+    text_model = trained_text or text_model
+    save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / name, tuned, text_model_2)
     log("unet", unet_params=count(unet), text_encoder_params=count(text_model), unet_minutes=round(unet_minutes, 2))
-    print(f"done: {out / 'tiny-sd'}" + ("" if args["init"] else f" and {out / 'tiny-clip'}"), flush=True)
+    print(f"done: {out / name}" + ("" if args["init"] else f" and {out / 'tiny-clip'}"), flush=True)
     return metrics
 
 
