@@ -88,7 +88,7 @@ def sampled(space: DiffusersSpace, costs, budget: Budget, count: int, seed: int,
     """`count` random plans of a space too large to list: states drawn uniformly (seeded) within the budget and
     using at least 90% of a bound, none of `exclude`."""
     rng, found = random.Random(seed), {}
-    for _ in range(200_000):
+    for _ in range(200_000 if count else 0):
         state = space.sample(rng)
         spent, remove = costs(state), space.remove(state)
         if budget.fits(spent) and max(spent[m] / budget[m] for m in budget.metrics) >= 0.9 and remove not in exclude:

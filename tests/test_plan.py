@@ -219,3 +219,10 @@ def test_a_plan_file_that_is_not_utf8_is_refused(tmp_path):
     with pytest.raises(PrunekitError, match="not UTF-8") as error:
         load(path)
     one_sentence(error)
+
+
+def test_the_sdxl_presets_script_writes_its_table(tmp_path, analysis_script):
+    frame = analysis_script("sdxl_presets").main(["--out", str(tmp_path)])
+    assert list(frame["unet"]) == ["teacher", "koala-like", "ssd-like"]
+    table = (tmp_path / "presets.md").read_text()
+    assert "| koala-like | 1,161,184,324 | 0.4523 |" in table and "1.3B (Segmind, arXiv 2401.02677)" in table
