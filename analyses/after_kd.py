@@ -44,7 +44,7 @@ from prunekit.distill import DistillOptions, checkpoints, distill  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
 from prunekit.graph import all_units  # noqa: E402
 from prunekit.models import resolve_model  # noqa: E402
-from prunekit.plan import make_plan, make_preset  # noqa: E402
+from prunekit.plan import Plan, make_plan, make_preset  # noqa: E402
 from prunekit.planner import plan  # noqa: E402
 from prunekit.planner.budget import Budget  # noqa: E402
 from prunekit.planner.cache import Cache  # noqa: E402
@@ -141,6 +141,8 @@ def retrain(model, remove: list[str], folder: Path, args) -> list[dict]:
     plan_path = folder / "plan.json"
     if not plan_path.is_file():
         make_plan(model.name, model.config, remove, "after-kd candidate").save(plan_path)
+    elif sorted(Plan.load(plan_path).remove) != sorted(remove):  # a slug reused by another plan: never mix runs
+        raise SystemExit(f"{folder} holds another plan's runs; move it away or choose another --work.")
     scores = []
     for seed in args.seeds:
         out = folder / f"seed{seed}"

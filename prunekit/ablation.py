@@ -1,4 +1,4 @@
-"""Run-time ablation: remove units from a diffusers UNet2DConditionModel in place, and put them back.
+"""Run-time ablation: remove units from a diffusers denoiser in place, and put them back.
 
 `with ablate(unet, ["down1.pair1", "mid"]): ...` swaps every module of the named units for a
 parameter-free stand-in (setattr on the module's parent) and swaps the originals back on exit, also on an
@@ -13,6 +13,9 @@ The stand-ins:
 - attention (Transformer2DModel), transformer layer (BasicTransformerBlock), mid block: the identity.
 - downsampler: 2x2 average pooling; upsampler: nearest 2x. The resolution still changes, because the skip
   connections and the later blocks expect it to.
+- a transformer's block (SD3, Flux, PixArt, SANA): the identity on every stream it carries (both of a joint
+  block); its attention, cross-attention or feed-forward: zeros of the output's shape, so the block's gated
+  residual adds nothing. Which modules a unit swaps is its family's choice (prunekit.families).
 - stage{k}: the resolution level is cut out, as a U-Net built with one level fewer computes it. The
   resnets and attentions of its down and up blocks get the stand-ins above, so each block still pushes and
   pops the number of skip connections diffusers' forward counts on. The downsampler that enters the level
@@ -39,7 +42,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit, all_units, inside
+from prunekit.graph import Unit, all_units
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Unit]] = weakref.WeakKeyDictionary()
 
@@ -79,6 +82,46 @@ class AttentionPassthrough(nn.Module):
         return Transformer2DModelOutput(sample=hidden_states) if return_dict else (hidden_states,)
 
 
+class StreamsPassthrough(nn.Module):
+    """A removed joint transformer block (SD3, Flux): both streams returned unchanged, text first, as diffusers'
+    blocks return them. It keeps the block's `context_pre_only`, which SD3's ControlNet branch reads."""
+
+    def __init__(self, context_pre_only: bool = False):
+        super().__init__()
+        self.context_pre_only = context_pre_only
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor = None, *args, **kwargs):
+        return encoder_hidden_states, hidden_states
+
+
+def _first(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class ZeroOutput(nn.Module):
+    """A removed attention or feed-forward inside a transformer block: zeros of its output's shape (its input's,
+    or with `features` last), so the block's residual adds nothing."""
+
+    def __init__(self, features: int | None = None):
+        super().__init__()
+        self.features = features
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        hidden = _first(args, kwargs)
+        if self.features is None:
+            return torch.zeros_like(hidden)
+        return hidden.new_zeros(*hidden.shape[:-1], self.features)
+
+
+class ZeroPair(nn.Module):
+    """A removed joint attention (SD3, Flux double-stream): zeros for the image and for the text output."""
+
+    def forward(self, *args, **kwargs):
+        hidden = _first(args, kwargs)
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
+        return torch.zeros_like(hidden), torch.zeros_like(text)
+
+
 class AveragePoolDownsample(nn.Module):
     """A removed downsampler: 2x2 average pooling (an odd side rounds up, as the strided conv does)."""
 
@@ -100,10 +143,11 @@ def _units_of(config_key: str) -> dict[str, Unit]:
     return all_units(json.loads(config_key))
 
 
-def unit_table(unet: nn.Module) -> dict[str, Unit]:
-    """Every unit of `unet` by name, from its config (so it holds while units are ablated)."""
-    config = {key: value for key, value in unet.config.items() if not key.startswith("_")}
-    return _units_of(json.dumps(config, sort_keys=True, default=list))
+def unit_table(module: nn.Module) -> dict[str, Unit]:
+    """Every unit of the denoiser `module` by name, from its config (so it holds while units are ablated)."""
+    from prunekit.families import config_of
+
+    return _units_of(json.dumps(config_of(module), sort_keys=True, default=list))
 
 
 def resolve(unet: nn.Module, units: Iterable[Unit | str] | Unit | str) -> list[Unit]:
@@ -116,7 +160,8 @@ def resolve(unet: nn.Module, units: Iterable[Unit | str] | Unit | str) -> list[U
         if found is None:
             close = difflib.get_close_matches(str(name), table, n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise PrunekitError(f"this U-Net has no unit {name!r}{hint}: use names such as down1.res0, mid, stage0.")
+            raise PrunekitError(f"this {type(unet).__name__} has no unit {name!r}{hint}: list its units with "
+                                "`prunekit inspect`.")
         resolved.append(found)
     return resolved
 
@@ -146,31 +191,11 @@ def ablated_units(unet: nn.Module) -> tuple[str, ...]:
     return tuple(u.name for u in _ACTIVE.get(unet, ()))
 
 
-def _leaf_standin(unit: Unit, path: str) -> nn.Module:
-    """The stand-in for one module of a res/attn/pair/transformer/sampler/mid unit."""
-    if ".resnets." in path:
-        return ChannelInterpolation(unit.channels_in, unit.channels_out)
-    if ".downsamplers." in path:
-        return AveragePoolDownsample()
-    if ".upsamplers." in path:
-        return NearestUpsample()
-    if ".attentions." in path and ".transformer_blocks." not in path:
-        return AttentionPassthrough()
-    return Passthrough()  # a transformer layer or the whole mid block
+def standins(module: nn.Module, unit: Unit) -> list[tuple[str, nn.Module]]:
+    """(module path, stand-in) for every module of `module` that removing `unit` swaps (its family's choice)."""
+    from prunekit.families import config_of, family_of
 
-
-def standins(unet: nn.Module, unit: Unit) -> list[tuple[str, nn.Module]]:
-    """(module path, stand-in) for every module of `unet` that removing `unit` swaps."""
-    if unit.kind != "stage":
-        return [(path, _leaf_standin(unit, path)) for path in unit.modules]
-    blocks = [path for path in unit.modules if ".downsamplers." not in path]
-    swaps = [(path, Passthrough()) for path in unit.modules if path not in blocks]  # the entering downsampler
-    for part in unit_table(unet).values():
-        if part.kind in ("res", "attn", "downsample", "upsample") and any(
-                inside(part.modules[0], block) for block in blocks):
-            for path in part.modules:  # the up block's upsampler leaves the level: the identity too
-                swaps.append((path, Passthrough() if part.kind == "upsample" else _leaf_standin(part, path)))
-    return swaps
+    return family_of(config_of(module)).standins(module, unit, unit_table(module))
 
 
 @contextmanager

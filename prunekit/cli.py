@@ -10,9 +10,10 @@ from prunekit.errors import PrunekitError
 from prunekit.export import FORMATS
 from prunekit.quiet import quiet_libraries
 
-PRESET_NAMES = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like")  # prunekit.plan.PRESETS, without torch
-MODEL_HELP = ("an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, tiny-sd, tiny-sdxl), a hub id or a local "
-              "diffusers directory")
+PRESET_NAMES = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like",  # prunekit.plan.PRESETS, without torch
+                "half-depth", "flux-lite-like")
+MODEL_HELP = ("an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, sd3-medium, sd3.5-large, flux-dev, "
+              "flux-schnell, pixart-sigma, sana-1.6b, tiny-sd, tiny-sdxl), a hub id or a local diffusers directory")
 GUIDANCE_HELP = "classifier-free guidance scale (default: the model card's; 7.5 for SD)"
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)"
 SEED_HELP = "seed of every random choice (default 0): the same command gives the same numbers"
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    inspect = commands.add_parser("inspect", help="1. list a U-Net's removable units with parameters and MACs",
+    inspect = commands.add_parser("inspect", help="1. list a denoiser's removable units with parameters and MACs",
                                   description="List a U-Net's removable units with parameters and MACs "
                                               "(counted on the meta device: no weights needed).")
     inspect.add_argument("model", metavar="MODEL", help=MODEL_HELP)

@@ -1,4 +1,4 @@
-"""What a U-Net costs: exact parameters, and MACs of one step counted on the meta device.
+"""What a denoiser costs: exact parameters, and MACs of one step counted on the meta device.
 
 `paper` MACs count convolutions and linears the way torch-pruning's `count_ops_and_params` does, which is
 how BK-SDM counted (SD-v1.4: 338.7G at 512 px). `full` MACs also count the attention matmuls, through
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-DEFAULT_TOKENS = 77
 
 
 def scale(largest: float) -> tuple[float, str]:
@@ -29,22 +28,19 @@ def human(value: float) -> str:
     return f"{value / divisor:,.2f}{suffix}" if suffix else f"{value:,.0f}"
 
 
-def example_inputs(config: dict, batch: int = 1, tokens: int = DEFAULT_TOKENS, device="meta") -> dict:
-    """Inputs for one U-Net step of `config` at its sample size: latents, a timestep, text states."""
-    size = int(config.get("sample_size") or 64)
-    inputs = {
-        "sample": torch.zeros(batch, config.get("in_channels", 4), size, size, device=device),
-        "timestep": torch.tensor([10], device=device),
-        "encoder_hidden_states": torch.zeros(batch, tokens, config["cross_attention_dim"], device=device),
-    }
-    if config.get("addition_embed_type") == "text_time":
-        time_ids = 6
-        text_dim = config["projection_class_embeddings_input_dim"] - time_ids * config["addition_time_embed_dim"]
-        inputs["added_cond_kwargs"] = {
-            "text_embeds": torch.zeros(batch, text_dim, device=device),
-            "time_ids": torch.zeros(batch, time_ids, device=device),
-        }
-    return inputs
+def example_inputs(config: dict, batch: int = 1, tokens: int | None = None, device="meta") -> dict:
+    """Inputs for one step of the denoiser of `config` at its sample size (its family's: latents, a timestep,
+    text states, and what else it is conditioned on); `tokens` text tokens, None for the family's default."""
+    from prunekit.families import family_of
+
+    family = family_of(config)
+    return family.example_inputs(config, batch, family.tokens if tokens is None else tokens, device)
+
+
+def _build(config: dict):
+    from prunekit.families import family_of
+
+    return family_of(config).build_meta(config)
 
 
 def _key(config: dict) -> str:
@@ -52,30 +48,26 @@ def _key(config: dict) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _module_macs(key: str, tokens: int) -> tuple[tuple[str, int], ...]:
+def _module_macs(key: str, tokens: int | None) -> tuple[tuple[str, int], ...]:
     import torch_pruning as tp
 
-    from prunekit.models import build_unet_meta
-
     config = json.loads(key)
-    unet = build_unet_meta(config)
+    unet = _build(config)
     with contextlib.redirect_stdout(io.StringIO()):  # torch-pruning prints a warning about keyword inputs
         _, _, per_module, _ = tp.utils.count_ops_and_params(unet, example_inputs(config, tokens=tokens), layer_wise=True)
     return tuple((name, int(per_module.get(module) or 0))
                  for name, module in unet.named_modules() if not any(True for _ in module.children()))
 
 
-def module_macs(config: dict, tokens: int = DEFAULT_TOKENS) -> dict[str, int]:
-    """Paper MACs of one step for every leaf module of the U-Net of `config`, by module path."""
+def module_macs(config: dict, tokens: int | None = None) -> dict[str, int]:
+    """Paper MACs of one step for every leaf module of the denoiser of `config`, by module path."""
     return dict(_module_macs(_key(config), tokens))
 
 
 @functools.lru_cache(maxsize=32)
-def _full_macs(key: str, tokens: int) -> tuple[tuple[str, int], ...]:
-    from prunekit.models import build_unet_meta
-
+def _full_macs(key: str, tokens: int | None) -> tuple[tuple[str, int], ...]:
     config = json.loads(key)
-    unet = build_unet_meta(config)
+    unet = _build(config)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         unet(**example_inputs(config, tokens=tokens))
     root = type(unet).__name__
@@ -83,14 +75,14 @@ def _full_macs(key: str, tokens: int) -> tuple[tuple[str, int], ...]:
                  for name, ops in counter.get_flop_counts().items() if name != "Global")
 
 
-def full_macs(config: dict, tokens: int = DEFAULT_TOKENS) -> dict[str, int]:
-    """Full MACs (attention matmuls included) of one step, for the whole U-Net ("") and every module path."""
+def full_macs(config: dict, tokens: int | None = None) -> dict[str, int]:
+    """Full MACs (attention matmuls included) of one step, for the whole denoiser ("") and every module path."""
     return dict(_full_macs(_key(config), tokens))
 
 
 @dataclass(frozen=True)
 class Costs:
-    """The cost of one U-Net: parameters and MACs of one step at its sample size, batch 1."""
+    """The cost of one denoiser: parameters and MACs of one step at its sample size, batch 1."""
 
     params: int
     macs: int  # paper
@@ -101,10 +93,8 @@ class Costs:
                 "full_macs": self.full_macs / teacher.full_macs}
 
 
-def unet_costs(config: dict, tokens: int = DEFAULT_TOKENS, full: bool = True) -> Costs:
-    """Parameters and MACs of the U-Net of `config` (counted on the meta device; no weights needed)."""
-    from prunekit.models import build_unet_meta
-
-    params = sum(p.numel() for p in build_unet_meta(config).parameters())
+def denoiser_costs(config: dict, tokens: int | None = None, full: bool = True) -> Costs:
+    """Parameters and MACs of the denoiser of `config` (counted on the meta device; no weights needed)."""
+    params = sum(p.numel() for p in _build(config).parameters())
     macs = sum(module_macs(config, tokens).values())
     return Costs(params, macs, full_macs(config, tokens)[""] if full else 0)

@@ -1,10 +1,9 @@
-"""Units: the removable pieces of a diffusers UNet2DConditionModel, with their names and costs.
+"""Units: the removable pieces of a diffusers denoiser, with their names and costs.
 
-Names follow DESIGN.md: `down{s}.res{i}`, `down{s}.attn{i}`, `down{s}.pair{i}`, `down{s}.downsample`,
-`mid`, `mid.res{i}`, `mid.attn0`, `up{s}.…`, `stage{k}` (k-th innermost level), and `{attn}.t{k}` for the
-transformer layers of an attention that holds more than one. Down and up stages are numbered in the order the
-U-Net runs them (down0 and the last up stage are outermost); `stage{k}` from the innermost; `depth` says how
-deep any of them lies.
+A Unit is data: a name, the module paths it covers, its parameters and MACs. Which units a denoiser has, and
+what they are called, is its family's (prunekit.families): a U-Net's `down1.pair1`, `mid`, `stage0`, a
+transformer's `joint3`, `single10.attn`, `block7.ff`. This module builds them (`enumerate_units`, `all_units`)
+and answers containment and overlap for any family.
 """
 from __future__ import annotations
 
@@ -19,20 +18,21 @@ GRANULARITIES = ("block", "pair", "stage")
 
 @dataclass(frozen=True)
 class Unit:
-    """A removable piece of a U-Net: its modules and what they cost."""
+    """A removable piece of a denoiser: its modules and what they cost."""
 
     name: str
-    kind: str  # res | attn | pair | transformer | downsample | upsample | mid | stage
-    stage: str  # down{s} | mid | up{s} | stage{k}
+    kind: str  # U-Net: res | attn | pair | transformer | downsample | upsample | mid | stage; DiT: block | attn | ff
+    # | cross
+    stage: str  # U-Net: down{s} | mid | up{s} | stage{k}; DiT: the stack (joint | single | block)
     modules: tuple[str, ...]
     params: int
-    macs: int  # paper MACs of one U-Net step at the config's sample size (convolutions and linears)
+    macs: int  # paper MACs of one step at the config's sample size (convolutions and linears)
     full_macs: int  # MACs with the attention matmuls counted too
     channels_in: int
     channels_out: int
     skip_channels: int  # channels of the skip connection an up-path resnet concatenates to its input
-    resolution: int  # side of the latent the unit works on
-    parent: str | None = None  # the unit this one lies inside (transformer layers)
+    resolution: int  # side of the latent (or token grid) the unit works on
+    parent: str | None = None  # the unit this one lies inside (transformer layers, a block's parts)
 
     def holds(self, path: str) -> bool:
         """Whether module `path` lies inside one of this unit's modules (or is one)."""
@@ -84,22 +84,19 @@ def outermost(units: list[Unit]) -> list[Unit]:
     return [u for u in units if not any(other.contains(u) for other in units)]
 
 
-def _config(unet_or_config) -> dict:
-    return unet_or_config if isinstance(unet_or_config, dict) else dict(unet_or_config.config)
+def _meta_module(module_or_config) -> nn.Module:
+    """The denoiser whose units are listed: a module as it is, or a config's architecture (a free student's
+    config gives its teacher's: units are the teacher's)."""
+    from prunekit.families import config_of, family_of
 
-
-def _meta_unet(unet_or_config) -> nn.Module:
-    """The U-Net whose units are listed: a module as it is, or a config's architecture (a free student's config
-    gives its teacher's: units are the teacher's)."""
-    from prunekit.models import build_unet_meta
-
-    if isinstance(unet_or_config, nn.Module):
-        return unet_or_config
-    return build_unet_meta({k: v for k, v in unet_or_config.items() if not k.startswith("_")})
+    if isinstance(module_or_config, nn.Module):
+        return module_or_config
+    config = config_of(module_or_config)
+    return family_of(config).build_meta(config)
 
 
 class _Builder:
-    """Collects units for one U-Net, filling costs from its modules and a per-module MAC table."""
+    """Collects units for one denoiser, filling costs from its modules and a per-module MAC table."""
 
     def __init__(self, unet: nn.Module, module_macs: dict[str, int], full_macs: dict[str, int]):
         self.unet, self.module_macs, self.full_macs = unet, module_macs, full_macs
@@ -121,132 +118,36 @@ class _Builder:
                                int(c_in), int(c_out), int(skip), int(resolution), parent))
 
 
-def _resnet_channels(resnet, skip: int) -> tuple[int, int, int]:
-    return resnet.in_channels - skip, resnet.out_channels, skip
+def enumerate_units(model_or_config, granularity: str = "block", tokens: int | None = None,
+                    costs: bool = True) -> list[Unit]:
+    """The units of a denoiser (a module, on any device, or its config) at `granularity`, in forward order.
 
-
-def _skip_channels(unet) -> list[list[int]]:
-    """For each up block, the skip channels each of its resnets concatenates (diffusers' order)."""
-    skips = [unet.conv_in.out_channels]
-    for block in unet.down_blocks:
-        skips += [r.out_channels for r in block.resnets]
-        if block.downsamplers is not None:
-            skips.append(block.resnets[-1].out_channels)
-    per_block = []
-    for block in unet.up_blocks:
-        n = len(block.resnets)
-        per_block.append(list(reversed(skips[-n:])))
-        skips = skips[:-n]
-    return per_block
-
-
-def _attention_depth(attention) -> int:
-    return len(attention.transformer_blocks)
-
-
-def _add_block_units(b: _Builder, prefix: str, stage: str, path: str, block, resolution: int, skips, pair: bool):
-    attentions = getattr(block, "attentions", None) or []
-    for i, resnet in enumerate(block.resnets):
-        skip = skips[i] if skips else 0
-        c_in, c_out, skip = _resnet_channels(resnet, skip)
-        res_path = f"{path}.resnets.{i}"
-        if pair and i < len(attentions):
-            b.add(f"{prefix}.pair{i}", "pair", stage, [res_path, f"{path}.attentions.{i}"], c_in, c_out, resolution, skip)
-            continue
-        b.add(f"{prefix}.res{i}", "res", stage, [res_path], c_in, c_out, resolution, skip)
-        if not pair and i < len(attentions):
-            _add_attention(b, f"{prefix}.attn{i}", stage, f"{path}.attentions.{i}", attentions[i], c_out, resolution)
-
-
-def _add_attention(b: _Builder, name: str, stage: str, path: str, attention, channels: int, resolution: int):
-    b.add(name, "attn", stage, [path], channels, channels, resolution)
-    depth = _attention_depth(attention)
-    if depth > 1:
-        for k in range(depth):
-            b.add(f"{name}.t{k}", "transformer", stage, [f"{path}.transformer_blocks.{k}"],
-                  channels, channels, resolution, parent=name)
-
-
-def depth(stage: str, levels: int) -> int:
-    """How many levels in from the U-Net's input and output stage `stage` lies, for a U-Net of `levels` down
-    blocks: 0 for down0 and up{levels-1} (outermost), levels - 1 for the innermost down and up stages, levels
-    for mid; stage{k} holds the level levels - 1 - k."""
-    kind, number = stage.rstrip("0123456789"), stage[len(stage.rstrip("0123456789")):]
-    if kind == "mid":
-        return levels
-    index = int(number)
-    return {"down": index, "up": levels - 1 - index, "stage": levels - 1 - index}[kind]
-
-
-def _stage_units(b: _Builder, unet, sizes) -> None:
-    n = len(unet.down_blocks)
-    for k in range(n - 1):  # the outermost level holds the U-Net's input and output: it cannot go
-        down, up = n - 1 - k, k
-        paths = [f"down_blocks.{down}", f"up_blocks.{up}"]
-        if unet.down_blocks[down - 1].downsamplers is not None:
-            paths.append(f"down_blocks.{down - 1}.downsamplers.0")
-        c_in = unet.down_blocks[down].resnets[0].in_channels
-        b.add(f"stage{k}", "stage", f"stage{k}", paths, c_in, c_in, sizes[down])
-
-
-def _mid_units(b: _Builder, unet, resolution: int, granular: bool) -> None:
-    mid = unet.mid_block
-    if mid is None:
-        return
-    channels = mid.resnets[0].in_channels
-    if not granular:
-        b.add("mid", "mid", "mid", ["mid_block"], channels, channels, resolution)
-        return
-    attentions = getattr(mid, "attentions", None) or []
-    for i, _ in enumerate(mid.resnets):
-        b.add(f"mid.res{i}", "res", "mid", [f"mid_block.resnets.{i}"], channels, channels, resolution)
-        if i < len(attentions):
-            _add_attention(b, f"mid.attn{i}", "mid", f"mid_block.attentions.{i}", attentions[i], channels, resolution)
-
-
-def enumerate_units(unet_or_config, granularity: str = "block", tokens: int = 77, costs: bool = True) -> list[Unit]:
-    """The units of a U-Net (a module, on any device, or its config) at `granularity`, in forward order.
-
-    MACs are those of one step at the config's sample size, batch 1, `tokens` text tokens; with
-    `costs=False` they are left at 0 (names and modules only, without counting).
+    MACs are those of one step at the config's sample size, batch 1, `tokens` text tokens (None: its family's
+    default); with `costs=False` they are left at 0 (names and modules only, without counting).
     """
     from prunekit.costs import full_macs, module_macs
+    from prunekit.families import config_of, family_of
 
-    if granularity not in GRANULARITIES:
-        raise PrunekitError(f"unknown granularity {granularity!r}: use one of {', '.join(GRANULARITIES)}.")
-    unet = _meta_unet(unet_or_config)
-    config = _config(unet)
+    module = _meta_module(model_or_config)
+    config = config_of(module)
+    family = family_of(config)
+    if granularity not in family.granularities:
+        raise PrunekitError(f"unknown granularity {granularity!r} for a {family.classes[0]}: use one of "
+                            f"{', '.join(family.granularities)}.")
     tables = (module_macs(config, tokens), full_macs(config, tokens)) if costs else ({}, {})
-    b = _Builder(unet, *tables)
-    sample = int(unet.config.sample_size)
-    sizes = [sample // 2 ** s for s in range(len(unet.down_blocks))]
-    if granularity == "stage":
-        _mid_units(b, unet, sizes[-1], granular=False)
-        _stage_units(b, unet, sizes)
-        return b.units
-    pair = granularity == "pair"
-    for s, block in enumerate(unet.down_blocks):
-        _add_block_units(b, f"down{s}", f"down{s}", f"down_blocks.{s}", block, sizes[s], None, pair)
-        if block.downsamplers is not None:
-            c = block.resnets[-1].out_channels
-            b.add(f"down{s}.downsample", "downsample", f"down{s}", [f"down_blocks.{s}.downsamplers.0"], c, c, sizes[s])
-    _mid_units(b, unet, sizes[-1], granular=not pair)
-    skips = _skip_channels(unet)
-    for s, block in enumerate(unet.up_blocks):
-        resolution = sizes[len(sizes) - 1 - s]
-        _add_block_units(b, f"up{s}", f"up{s}", f"up_blocks.{s}", block, resolution, skips[s], pair)
-        if block.upsamplers is not None:
-            c = block.resnets[-1].out_channels
-            b.add(f"up{s}.upsample", "upsample", f"up{s}", [f"up_blocks.{s}.upsamplers.0"], c, c, resolution)
+    b = _Builder(module, *tables)
+    family.add_units(b, module, granularity)
     return b.units
 
 
-def all_units(unet_or_config, tokens: int = 77, costs: bool = True) -> dict[str, Unit]:
+def all_units(model_or_config, tokens: int | None = None, costs: bool = True) -> dict[str, Unit]:
     """Every unit of every granularity by name: what a plan may name."""
-    unet = _meta_unet(unet_or_config)
+    from prunekit.families import config_of, family_of
+
+    module = _meta_module(model_or_config)
     units: dict[str, Unit] = {}
-    for granularity in GRANULARITIES:
-        for unit in enumerate_units(unet, granularity, tokens, costs):
+    for granularity in family_of(config_of(module)).granularities:
+        for unit in enumerate_units(module, granularity, tokens, costs):
             units.setdefault(unit.name, unit)
     return units
 

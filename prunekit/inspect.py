@@ -1,34 +1,30 @@
-"""`prunekit inspect`: a U-Net as a table of removable units with their costs."""
+"""`prunekit inspect`: a denoiser (U-Net or transformer) as a table of removable units with their costs."""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-from prunekit.costs import Costs, human, unet_costs
-from prunekit.graph import Unit, depth, enumerate_units, top_level
+from prunekit.costs import Costs, denoiser_costs, human
+from prunekit.families import family_of
+from prunekit.graph import Unit, enumerate_units, top_level
 from prunekit.models import unet_config
-
-FOOTNOTE = ("MACs count convolutions and linears as torch-pruning does (BK-SDM's figures; biases and norms "
-            "included); MACs+attn is torch's FLOP counter halved, which adds the attention matmuls but leaves out "
-            "biases and norms, so a unit without attention shows a little less. depth: levels in from the "
-            "input and output (0: down0 and the last up stage; {levels}: mid); stage{{k}} is the k-th level from "
-            "the innermost.")
 
 
 @dataclass(frozen=True)
 class Inspection:
-    """The units of one model at one granularity, and the whole U-Net's costs."""
+    """The units of one model at one granularity, and the whole denoiser's costs."""
 
     model: str
     granularity: str
     units: list[Unit]
     total: Costs
-    levels: int  # down blocks of the U-Net
+    config: dict  # the denoiser's
 
     def rows(self) -> list[dict]:
         return [
-            {"unit": u.name, "kind": u.kind, "stage": u.stage, "depth": depth(u.stage, self.levels), "params": u.params,
-             "params_pct": 100 * u.params / self.total.params, "macs": u.macs, "full_macs": u.full_macs,
+            {"unit": u.name, "kind": u.kind, "stage": u.stage, "depth": family_of(self.config).depth(u, self.config),
+             "params": u.params, "params_pct": 100 * u.params / self.total.params, "macs": u.macs,
+             "full_macs": u.full_macs,
              "channels": f"{u.channels_in}->{u.channels_out}" + (f" (+{u.skip_channels} skip)" if u.skip_channels else ""),
              "resolution": u.resolution, "parent": u.parent or ""}
             for u in self.units
@@ -42,10 +38,9 @@ class Inspection:
 
 
 def inspect_model(model: str, granularity: str = "block") -> Inspection:
-    """The units of `model`'s U-Net at `granularity`, counted on the meta device (no weights needed)."""
+    """The units of `model`'s denoiser at `granularity`, counted on the meta device (no weights needed)."""
     config = unet_config(model)
-    return Inspection(model, granularity, enumerate_units(config, granularity), unet_costs(config),
-                      len(config["down_block_types"]))
+    return Inspection(model, granularity, enumerate_units(config, granularity), denoiser_costs(config), config)
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]], formats: dict | None = None) -> str:
@@ -75,9 +70,11 @@ def render(inspection: Inspection, fmt: str = "table") -> str:
     summary = inspection.summary()
     total = inspection.total
     footer = (
-        f"{inspection.model}: {summary['units']} units at {inspection.granularity} granularity; U-Net "
+        f"{inspection.model}: {summary['units']} units at {inspection.granularity} granularity; "
+        f"{family_of(inspection.config).classes[0]} "
         f"{total.params:,} params, {human(total.macs)} MACs per step ({human(total.full_macs)} with attention); "
         f"top-level units hold {summary['removable_params'] / total.params:.1%} of params, "
         f"{summary['removable_macs'] / total.macs:.1%} of MACs."
     )
-    return "\n\n".join([format_table(rows, columns, formats), footer, FOOTNOTE.format(levels=inspection.levels)])
+    footnote = family_of(inspection.config).footnote(inspection.config)
+    return "\n\n".join([format_table(rows, columns, formats), footer, footnote])

@@ -23,8 +23,6 @@ from prunekit.card import ModelCard
 from prunekit.errors import PrunekitError
 
 ASSETS = Path(__file__).parent / "assets"
-UNET_CLASS = "UNet2DConditionModel"
-UNET_CLASSES = (UNET_CLASS, "FreeUNet2DConditionModel")  # the second: a free plan's student (prunekit.students)
 
 _SD1 = {
     "act_fn": "silu",
@@ -60,15 +58,36 @@ _SDXL = {
     "transformer_layers_per_block": [1, 2, 10],
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
 }
+# Diffusion transformers (configs as published on each model's hub page, `transformer/config.json`).
+_SD3_MEDIUM = {"_class_name": "SD3Transformer2DModel", "sample_size": 128, "patch_size": 2, "in_channels": 16,
+               "out_channels": 16, "num_layers": 24, "attention_head_dim": 64, "num_attention_heads": 24,
+               "joint_attention_dim": 4096, "caption_projection_dim": 1536, "pooled_projection_dim": 2048,
+               "pos_embed_max_size": 192}
+_SD35_LARGE = {**_SD3_MEDIUM, "num_layers": 38, "num_attention_heads": 38, "caption_projection_dim": 2432,
+               "qk_norm": "rms_norm"}
+_FLUX_DEV = {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": 64, "out_channels": None,
+             "num_layers": 19, "num_single_layers": 38, "attention_head_dim": 128, "num_attention_heads": 24,
+             "joint_attention_dim": 4096, "pooled_projection_dim": 768, "guidance_embeds": True,
+             "axes_dims_rope": [16, 56, 56]}
+_PIXART_SIGMA = {"_class_name": "PixArtTransformer2DModel", "sample_size": 128, "patch_size": 2, "in_channels": 4,
+                 "out_channels": 8, "num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72,
+                 "cross_attention_dim": 1152, "caption_channels": 4096, "attention_bias": True,
+                 "activation_fn": "gelu-approximate", "num_embeds_ada_norm": 1000, "norm_type": "ada_norm_single",
+                 "norm_elementwise_affine": False, "norm_eps": 1e-6, "interpolation_scale": 2,
+                 "use_additional_conditions": False}
+_SANA_1600M = {"_class_name": "SanaTransformer2DModel", "in_channels": 32, "out_channels": 32, "sample_size": 32,
+               "patch_size": 1, "num_layers": 20, "num_attention_heads": 70, "attention_head_dim": 32,
+               "num_cross_attention_heads": 20, "cross_attention_head_dim": 112, "cross_attention_dim": 2240,
+               "caption_channels": 2304, "mlp_ratio": 2.5, "interpolation_scale": None}
 
 
 @dataclass(frozen=True)
 class Alias:
-    """A short model name: where its weights live and, for hub models, its U-Net config."""
+    """A short model name: where its weights live and, for hub models, its denoiser's config."""
 
     name: str
     hub_id: str | None
-    unet_config: dict | None  # None: read from the bundled directory
+    unet_config: dict | None  # the denoiser's (a U-Net's or a transformer's); None: read from the bundled directory
     bundled: str | None = None  # folder under prunekit/assets
 
 
@@ -78,6 +97,12 @@ ALIASES = {
     "sd-v2-1-base": Alias("sd-v2-1-base", "stabilityai/stable-diffusion-2-1-base", _SD2),
     "sd-v2-1": Alias("sd-v2-1", "stabilityai/stable-diffusion-2-1", {**_SD2, "sample_size": 96}),
     "sdxl-base": Alias("sdxl-base", "stabilityai/stable-diffusion-xl-base-1.0", _SDXL),
+    "sd3-medium": Alias("sd3-medium", "stabilityai/stable-diffusion-3-medium-diffusers", _SD3_MEDIUM),
+    "sd3.5-large": Alias("sd3.5-large", "stabilityai/stable-diffusion-3.5-large", _SD35_LARGE),
+    "flux-dev": Alias("flux-dev", "black-forest-labs/FLUX.1-dev", _FLUX_DEV),
+    "flux-schnell": Alias("flux-schnell", "black-forest-labs/FLUX.1-schnell", {**_FLUX_DEV, "guidance_embeds": False}),
+    "pixart-sigma": Alias("pixart-sigma", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", _PIXART_SIGMA),
+    "sana-1.6b": Alias("sana-1.6b", "Efficient-Large-Model/Sana_1600M_1024px_diffusers", _SANA_1600M),
     "tiny-sd": Alias("tiny-sd", None, None, bundled="tiny-sd"),
     "tiny-sdxl": Alias("tiny-sdxl", None, None, bundled="tiny-sdxl"),
 }
@@ -161,30 +186,26 @@ def build_unet_meta(config: dict) -> UNet2DConditionModel:
 
 
 def check_unet_config(config, source: str) -> dict:
-    """`config` if diffusers can build a UNet2DConditionModel of it, else a PrunekitError naming `source`."""
+    """`config` if diffusers can build the denoiser it describes (a U-Net, or a transformer prunekit knows), else
+    a PrunekitError naming `source`."""
+    from prunekit.families import _registry, family_of
+
     if not isinstance(config, dict):
-        raise PrunekitError(f"{source} holds a JSON {type(config).__name__}, not a U-Net config object: pass a "
-                            "diffusers U-Net's config.json.")
-    kind = config.get("_class_name", UNET_CLASS)
-    if kind not in UNET_CLASSES:
-        raise PrunekitError(f"{source} is the config of {kind}, not of a {UNET_CLASS}: pass a pipeline's "
-                            "unet/ folder or its U-Net's config.json.")
-    blocks = [config.get(key) for key in ("down_block_types", "up_block_types", "block_out_channels")]
-    if not all(isinstance(value, list) and value for value in blocks) or len({len(value) for value in blocks}) != 1:
-        raise PrunekitError(f"{source} must name its blocks: down_block_types, up_block_types and block_out_channels, "
-                            "lists of one length.")
-    numbers = [config.get("sample_size", 1), config.get("cross_attention_dim", 1), *blocks[2]]
-    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-               for value in numbers for n in (value if isinstance(value, list) else [value])):
-        raise PrunekitError(f"{source} has a size that is not a positive whole number (block_out_channels, "
-                            "sample_size or cross_attention_dim): fix it or pass another model.")
-    try:
-        build_unet_meta(config)
-    except Exception as error:  # noqa: BLE001 - diffusers raises anything on a garbled config; say which
-        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise PrunekitError(f"{source} is not a U-Net config diffusers can build ({detail}): fix it or pass "
-                            "another model.") from None
+        raise PrunekitError(f"{source} holds a JSON {type(config).__name__}, not a denoiser config object: pass a "
+                            "diffusers U-Net's or transformer's config.json.")
+    kind = config.get("_class_name")
+    if kind is not None and kind not in _registry():
+        raise PrunekitError(f"{source} is the config of {kind}, not of a denoiser prunekit prunes "
+                            f"({', '.join(sorted(_registry()))}): pass a pipeline's unet/ or transformer/ folder.")
+    family_of(config).check_config(config, source)
     return config
+
+
+def build_meta(config: dict):
+    """The denoiser of `config` (its family's class) on the meta device."""
+    from prunekit.families import family_of
+
+    return family_of(config).build_meta(config)
 
 
 def _read_json(path: Path):
@@ -200,11 +221,14 @@ def _read_json(path: Path):
 
 
 def _local_unet_dir(path: Path) -> Path:
-    if (path / "unet" / "config.json").is_file():
-        return path / "unet"
+    """The folder of a local model's denoiser: its pipeline's unet/ or transformer/, or the folder itself."""
+    for folder in ("unet", "transformer"):
+        if (path / folder / "config.json").is_file():
+            return path / folder
     if (path / "config.json").is_file():
         return path
-    raise PrunekitError(f"{path} holds no U-Net config: expected unet/config.json or config.json there.")
+    raise PrunekitError(f"{path} holds no denoiser config: expected unet/config.json, transformer/config.json or "
+                        "config.json there.")
 
 
 def unet_config(model: str) -> dict:
@@ -229,14 +253,19 @@ def load_unet(model: str, weights: bool = False, dtype: torch.dtype = torch.floa
 
 
 def canonical_config(config: dict) -> dict:
-    """`config` with every default filled in and private keys dropped, as diffusers builds it."""
-    full = build_unet_meta(config).config
-    return {key: value for key, value in full.items() if not key.startswith("_")}
+    """`config` with every default filled in and private keys dropped (but a transformer's class), as diffusers
+    builds it."""
+    from prunekit.families import denoiser_config, family_of
+
+    family = family_of(config)
+    return denoiser_config(dict(family.build_meta(config).config), family)
 
 
 def fingerprint(unet_or_config) -> str:
-    """A hash of the U-Net's canonical config: two U-Nets of the same architecture share it."""
-    config = unet_or_config if isinstance(unet_or_config, dict) else dict(unet_or_config.config)
+    """A hash of the denoiser's canonical config: two denoisers of the same architecture share it."""
+    from prunekit.families import config_of
+
+    config = config_of(unet_or_config)
     text = json.dumps(canonical_config(config), sort_keys=True, default=list)
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

@@ -30,6 +30,9 @@ depth a share of the teacher's so that they scale to any such U-Net:
   attentions but its first keep half.
 
 An attention keeps its first layers.
+
+Transformer denoisers have their presets in their families (prunekit.families.blocks and .flux): `half-depth`
+(every second block) and, for Flux, `flux-lite-like`. Each family says which of its presets fit a denoiser.
 """
 from __future__ import annotations
 
@@ -44,10 +47,11 @@ from prunekit.students import REMOVED_KEY
 from prunekit.surgery import KINDS
 
 FORMAT = "prunekit.plan/2"
-PRESETS = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like")
+_UNET_PRESETS = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like")
+PRESETS = _UNET_PRESETS + ("half-depth", "flux-lite-like")
 _SDXL_PRESETS = ("koala-like", "ssd-like")
 _UNIT_NAME = re.compile(r"(down|up)\d+\.(res|attn|pair)\d+(\.t\d+)?|down\d+\.downsample|up\d+\.upsample"
-                        r"|mid(\.res\d+|\.attn\d+(\.t\d+)?)?|stage\d+")
+                        r"|mid(\.res\d+|\.attn\d+(\.t\d+)?)?|stage\d+|(joint|single|block)\d+(\.(attn|ff|cross))?")
 _REQUIRED = {"format": str, "model": dict, "method": str, "remove": list, "student": dict}
 
 
@@ -171,7 +175,7 @@ def check_removal(teacher_config: dict, remove: list[str], kind: str = "diffuser
     units = all_units(teacher_config, costs=False)
     unknown = [name for name in remove if name not in units]
     if unknown:
-        raise PrunekitError(f"{source} names unit(s) this U-Net lacks: {', '.join(unknown)}; "
+        raise PrunekitError(f"{source} names unit(s) this denoiser lacks: {', '.join(unknown)}; "
                             "list its units with `prunekit inspect`.")
     twice = sorted({name for name in remove if remove.count(name) > 1})
     if twice:
@@ -225,8 +229,17 @@ def _stage_depth(config: dict, d: int) -> int:
 
 
 def presets_for(teacher_config: dict) -> list[str]:
-    """The presets whose topology rule fits the U-Net of `teacher_config`, in PRESETS order."""
-    return [name for name in PRESETS if _family_problem(teacher_config, _family(name)) is None]
+    """The presets whose rule fits the denoiser of `teacher_config`, in PRESETS order."""
+    from prunekit.families import family_of
+
+    fits = family_of(teacher_config).presets(teacher_config)
+    return [name for name in PRESETS if name in fits]
+
+
+def unet_presets(config: dict) -> dict[str, list[str]]:
+    """The U-Net presets that fit the U-Net of `config`, each with the units it removes."""
+    return {name: _unet_remove(name, config) for name in _UNET_PRESETS
+            if _family_problem(config, _family(name)) is None}
 
 
 def _family(name: str) -> str:
@@ -252,18 +265,32 @@ def _sdxl_remove(name: str, config: dict) -> list[str]:
 
 
 def preset_remove(name: str, teacher_config: dict) -> list[str]:
-    """The units preset `name` removes from the U-Net of `teacher_config` (down, mid, up, then stages)."""
+    """The units preset `name` removes from the denoiser of `teacher_config` (a U-Net's: down, mid, up, then
+    stages); a preset whose rule does not fit it is refused in one sentence naming those that do."""
+    from prunekit.families import family_of
+
     if name not in PRESETS:
         raise PrunekitError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}.")
+    fits = family_of(teacher_config).presets(teacher_config)
+    if name in fits:
+        return fits[name]
+    instead = f"use {', '.join(presets_for(teacher_config))}, or " if fits else ""
+    problem = family_of(teacher_config).preset_problem(name, teacher_config)
+    raise PrunekitError(f"preset {name} {problem}: {instead}remove units with a budget-driven plan instead.")
+
+
+def unet_preset_problem(name: str, config: dict) -> str:
+    """Why U-Net preset `name` does not fit the U-Net of `config` (a clause: "needs ... but this one has ...")."""
+    if name not in _UNET_PRESETS:
+        return "is not a U-Net preset"
     family = _family(name)
-    problem = _family_problem(teacher_config, family)
-    if problem:
-        kind = "an SDXL-like" if family == "sdxl" else "an SD-1/SD-2-like"
-        fits = presets_for(teacher_config)
-        instead = f"use {', '.join(fits)}, or " if fits else ""
-        raise PrunekitError(f"preset {name} needs {kind} U-Net but this one has {problem}: {instead}remove units "
-                            "with a budget-driven plan instead.")
-    if family == "sdxl":
+    kind = "an SDXL-like" if family == "sdxl" else "an SD-1/SD-2-like"
+    return f"needs {kind} U-Net but this one has {_family_problem(config, family)}"
+
+
+def _unet_remove(name: str, teacher_config: dict) -> list[str]:
+    """The units U-Net preset `name` removes from a U-Net its rule fits."""
+    if _family(name) == "sdxl":
         return _sdxl_remove(name, teacher_config)
     n = len(teacher_config["down_block_types"])
     tiny = name == "bk-tiny"
@@ -288,13 +315,13 @@ def make_plan(model_name: str, teacher_config: dict, remove: list[str], method: 
               budget: dict | None = None, kind: str = "diffusers", **predicted) -> Plan:
     """A Plan of `kind` removing `remove` from the teacher: student config and weight map, and its costs counted
     exactly on the student (on the meta device)."""
-    from prunekit.costs import unet_costs
+    from prunekit.costs import denoiser_costs
     from prunekit.models import fingerprint
     from prunekit.surgery import derive
 
     check_removal(teacher_config, list(remove), kind)
     config, weight_map = derive(teacher_config, list(remove), kind)
-    teacher, student = unet_costs(teacher_config), unet_costs(config)
+    teacher, student = denoiser_costs(teacher_config), denoiser_costs(config)
     fractions = student.fraction_of(teacher)
     costs = {"params": student.params, "params_fraction": fractions["params"],
              "macs": student.macs, "macs_fraction": fractions["macs"],

@@ -293,12 +293,14 @@ def _weight_map(student: nn.Module, down: list[_Kept], up: list[_Kept], mid: _Mi
 
 
 def tensor_sources(student_keys, weight_map: dict[str, str]) -> dict[str, str | None]:
-    """For each student tensor name, the teacher tensor name the map gives it (None where none covers it)."""
+    """For each student tensor name, the teacher tensor name the map gives it (None where none covers it): the
+    entry of its longest prefix, the tensor's own name included. An entry naming a tensor may select rows of it
+    (`SOURCE#chunks=N:i,j`: split dimension 0 into N chunks and stack chunks i, j; see `source_tensor`)."""
     sources = {}
     for key in student_keys:
         parts = key.split(".")
         sources[key] = None
-        for i in range(len(parts) - 1, 0, -1):
+        for i in range(len(parts), 0, -1):
             prefix = ".".join(parts[:i])
             if prefix in weight_map:
                 sources[key] = weight_map[prefix] + key[len(prefix):]
@@ -306,22 +308,36 @@ def tensor_sources(student_keys, weight_map: dict[str, str]) -> dict[str, str | 
     return sources
 
 
+def source_tensor(state: dict, source: str) -> torch.Tensor:
+    """The teacher tensor a weight-map source names: `state[name]`, or with `#chunks=N:i,j` the chunks i, j (in
+    that order) of its dimension 0 split N ways. Works on meta tensors too."""
+    name, _, spec = source.partition("#chunks=")
+    tensor = state[name]
+    if not spec:
+        return tensor
+    count, picks = spec.split(":")
+    chunks = tensor.chunk(int(count), dim=0)
+    return torch.cat([chunks[int(i)] for i in picks.split(",")], dim=0)
+
+
 def check_map(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str]) -> tuple[SurgeryReport, dict]:
     """Match every student tensor to its teacher tensor through `weight_map`; works on any device, meta too."""
-    teacher_shapes = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
+    teacher_state = {k: v.to("meta") for k, v in teacher.state_dict().items()}
     sources = tensor_sources(student.state_dict().keys(), weight_map)
     report, users = SurgeryReport(), {}
     for key, tensor in student.state_dict().items():
         source = sources[key]
-        if source is None or source not in teacher_shapes:
+        if source is None or source.partition("#")[0] not in teacher_state:
             report.unmapped.append(f"{key} <- {source or 'nothing'}")
-        elif teacher_shapes[source] != tuple(tensor.shape):
-            report.mismatched.append(f"{key} <- {source}: {tuple(tensor.shape)} vs {teacher_shapes[source]}")
+            continue
+        shape = tuple(source_tensor(teacher_state, source).shape)
+        if shape != tuple(tensor.shape):
+            report.mismatched.append(f"{key} <- {source}: {tuple(tensor.shape)} vs {shape}")
         else:
             report.copied += 1
             users.setdefault(source, []).append(key)
     report.reused = [f"{source} -> {', '.join(keys)}" for source, keys in users.items() if len(keys) > 1]
-    report.dropped = len(teacher_shapes) - len(users)
+    report.dropped = len(teacher_state) - len({source.partition("#")[0] for source in users})
     return report, sources
 
 
@@ -350,12 +366,17 @@ def derive(teacher_config: dict, remove: list[str], kind: str) -> tuple[dict, di
     A free student's config is the teacher's (its stand-ins come from the removed units); its map keeps every
     module where it was.
     """
+    from prunekit.families import family_of
     from prunekit.models import build_unet_meta, canonical_config
 
     if kind not in KINDS:
         raise PrunekitError(f"unknown plan kind {kind!r}: use one of {', '.join(KINDS)}.")
+    family = family_of(teacher_config)
     if kind == "diffusers":
-        return student_config(teacher_config, remove)
+        return family.plain_student(teacher_config, list(remove))
+    if not family.free_plans:
+        raise PrunekitError(f"free plans are made for U-Nets only; a {family.classes[0]} takes diffusers plans "
+                            "(whole blocks): use --kind diffusers.")
     from prunekit.students import REMOVED_KEY
 
     removed_modules(teacher_config, remove)  # every name is a unit of this teacher
@@ -365,11 +386,11 @@ def derive(teacher_config: dict, remove: list[str], kind: str) -> tuple[dict, di
 
 
 def _student_module(config: dict, kind: str, remove: list[str]):
-    from diffusers import UNet2DConditionModel
-
+    from prunekit.families import family_of
     from prunekit.students import free_unet
 
-    return UNet2DConditionModel.from_config(config) if kind == "diffusers" else free_unet(config, remove)
+    return family_of(config).model_class(config).from_config(config) if kind == "diffusers" \
+        else free_unet(config, remove)
 
 
 def build_student(teacher_unet: nn.Module, plan_or_remove, kind: str = "diffusers", strict: bool = True):
@@ -383,7 +404,9 @@ def build_student(teacher_unet: nn.Module, plan_or_remove, kind: str = "diffuser
     """
     if isinstance(plan_or_remove, (list, tuple)):
         remove = list(plan_or_remove)
-        config, weight_map = derive(dict(teacher_unet.config), remove, kind)
+        from prunekit.families import config_of
+
+        config, weight_map = derive(config_of(teacher_unet), remove, kind)
     else:
         remove, kind = list(plan_or_remove.remove), plan_or_remove.kind
         config, weight_map = plan_or_remove.student_config, plan_or_remove.weight_map
@@ -402,5 +425,5 @@ def build_student(teacher_unet: nn.Module, plan_or_remove, kind: str = "diffuser
         with torch.no_grad():
             for key, tensor in student_state.items():
                 if key not in broken:
-                    tensor.copy_(teacher_state[sources[key]])
+                    tensor.copy_(source_tensor(teacher_state, sources[key]))
     return student, report

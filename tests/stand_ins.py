@@ -21,6 +21,25 @@ SDXL_UNET = {
     "addition_embed_type": "text_time", "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 16 + 48,
 }
 
+# Each transformer family at small widths (random weights run on the CPU in milliseconds).
+SD3 = {"_class_name": "SD3Transformer2DModel", "sample_size": 8, "patch_size": 2, "in_channels": 4,
+       "out_channels": 4, "num_layers": 4, "attention_head_dim": 8, "num_attention_heads": 2,
+       "joint_attention_dim": 16, "caption_projection_dim": 16, "pooled_projection_dim": 12, "pos_embed_max_size": 8}
+SD35 = {**SD3, "dual_attention_layers": [0, 1], "qk_norm": "rms_norm"}
+FLUX = {"_class_name": "FluxTransformer2DModel", "patch_size": 1, "in_channels": 8, "num_layers": 3,
+        "num_single_layers": 4, "attention_head_dim": 8, "num_attention_heads": 2, "joint_attention_dim": 16,
+        "pooled_projection_dim": 12, "guidance_embeds": True, "axes_dims_rope": [2, 2, 4], "sample_size": 4}
+PIXART = {"_class_name": "PixArtTransformer2DModel", "sample_size": 8, "patch_size": 2, "in_channels": 4,
+          "out_channels": 8, "num_layers": 3, "num_attention_heads": 2, "attention_head_dim": 8,
+          "cross_attention_dim": 16, "caption_channels": 12, "norm_type": "ada_norm_single",
+          "norm_elementwise_affine": False, "norm_eps": 1e-6, "num_embeds_ada_norm": 1000,
+          "use_additional_conditions": False, "activation_fn": "gelu-approximate", "attention_bias": True}
+SANA = {"_class_name": "SanaTransformer2DModel", "in_channels": 4, "out_channels": 4, "sample_size": 4,
+        "patch_size": 1, "num_layers": 3, "num_attention_heads": 2, "attention_head_dim": 8,
+        "num_cross_attention_heads": 2, "cross_attention_head_dim": 8, "cross_attention_dim": 16,
+        "caption_channels": 12, "mlp_ratio": 2.5, "interpolation_scale": None}
+TRANSFORMERS = {"sd3": SD3, "sd3.5": SD35, "flux": FLUX, "pixart": PIXART, "sana": SANA}
+
 
 def tokenizer() -> CLIPTokenizer:
     """A character-level CLIP tokenizer: every lowercase letter, alone or word-final."""

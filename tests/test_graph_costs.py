@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from prunekit.costs import full_macs, unet_costs
+from prunekit.costs import full_macs, denoiser_costs
 from prunekit.errors import PrunekitError
 from prunekit.graph import all_units, enumerate_units, top_level
 from prunekit.models import build_unet_meta, unet_config
@@ -21,17 +21,17 @@ SD14_BLOCK_UNITS = (
     ("sd-v2-1", 865_910_724), ("sdxl-base", 2_567_463_684),
 ])
 def test_parameter_counts_are_exact(model, params):
-    assert unet_costs(unet_config(model), full=False).params == params
+    assert denoiser_costs(unet_config(model), full=False).params == params
 
 
 def test_sd14_paper_macs_within_half_a_percent():
-    assert unet_costs(unet_config("sd-v1-4"), full=False).macs == pytest.approx(338.7e9, rel=0.005)
+    assert denoiser_costs(unet_config("sd-v1-4"), full=False).macs == pytest.approx(338.7e9, rel=0.005)
 
 
 def test_sdxl_full_macs_count_is_fast_and_includes_attention():
     config = unet_config("sdxl-base")
     start = time.perf_counter()
-    costs = unet_costs(config)
+    costs = denoiser_costs(config)
     assert time.perf_counter() - start < 10
     assert costs.full_macs > costs.macs
 
@@ -77,7 +77,7 @@ def test_top_level_units_and_the_rest_add_up_to_the_whole(model):
                if not name.startswith(("down_blocks", "up_blocks", "mid_block")))
     for granularity in ("block", "pair"):
         units = top_level(enumerate_units(unet, granularity))
-        assert sum(u.params for u in units) + rest == unet_costs(config, full=False).params
+        assert sum(u.params for u in units) + rest == denoiser_costs(config, full=False).params
 
 
 def test_full_macs_table_has_whole_and_modules():

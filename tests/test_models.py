@@ -39,7 +39,7 @@ def test_local_config_only_directories(tmp_path):
     (tmp_path / "pipe" / "unet" / "config.json").write_text(json.dumps(SMALL))
     for folder in ("flat", "pipe"):
         assert list(models.load_unet(str(tmp_path / folder)).config.block_out_channels) == [32, 64]
-    with pytest.raises(PrunekitError, match="no U-Net config"):
+    with pytest.raises(PrunekitError, match="no denoiser config"):
         models.unet_config(str(tmp_path))
 
 

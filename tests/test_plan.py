@@ -156,13 +156,13 @@ FREE_REMOVE = ["down1.attn1", "mid", "up2.res1"]  # no diffusers config can drop
 
 @pytest.mark.parametrize("kind, remove", [("diffusers", preset_remove("bk-small", TINY)), ("free", FREE_REMOVE)])
 def test_every_kind_of_plan_builds_the_student_it_predicts(kind, remove, tmp_path):
-    from prunekit.costs import unet_costs
+    from prunekit.costs import denoiser_costs
     from prunekit.surgery import build_student
 
     made = make_plan("tiny", TINY, remove, "test", kind=kind)
     student, report = build_student(build_unet_meta(TINY), Plan.load(made.save(tmp_path / "p.json"), TINY))
     params = sum(p.numel() for p in student.parameters())
-    assert report.ok and params == made.predicted["params"] == unet_costs(made.student_config).params
+    assert report.ok and params == made.predicted["params"] == denoiser_costs(made.student_config).params
     assert params < made.predicted["teacher_params"]
     assert type(student).__name__ == ("UNet2DConditionModel" if kind == "diffusers" else "FreeUNet2DConditionModel")
 

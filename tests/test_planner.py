@@ -13,7 +13,7 @@ from diffusers import UNet2DConditionModel
 import stand_ins
 from prunekit.ablation import ablate
 from prunekit.cli import main
-from prunekit.costs import unet_costs
+from prunekit.costs import denoiser_costs
 from prunekit.errors import PrunekitError
 from prunekit.graph import all_units
 from prunekit.models import build_unet_meta, canonical_config, fingerprint, unet_config
@@ -101,12 +101,12 @@ def test_the_space_holds_exactly_what_surgery_can_express(tiny_space):
 
 
 def test_costs_add_up_exactly(tiny_space):
-    teacher = unet_costs(TINY, full=False)
+    teacher = denoiser_costs(TINY, full=False)
     rng = random.Random(0)
     everything = list(tiny_space.states())
     picked = rng.sample(everything, 4) + [s for s in everything if s.dropped and s.mid == "keep"][:2]
     for state in picked:
-        student = unet_costs(student_config(TINY, tiny_space.remove(state))[0], full=False)
+        student = denoiser_costs(student_config(TINY, tiny_space.remove(state))[0], full=False)
         assert tiny_space.fraction(state, "params") == pytest.approx(student.params / teacher.params, abs=1e-12)
         assert tiny_space.fraction(state, "macs") == pytest.approx(student.macs / teacher.macs, abs=1e-12)
 
@@ -122,9 +122,9 @@ def test_sdxl_attentions_lose_transformer_layers_in_the_space(tmp_path):
             and (0, "resnet") in space.cores)
     everything = list(space.states())
     assert len(everything) == len(set(everything)) == space.size()
-    teacher = unet_costs(stand_ins.SDXL_UNET, full=False)
+    teacher = denoiser_costs(stand_ins.SDXL_UNET, full=False)
     for state in random.Random(0).sample(everything, 6) + [space.smallest("params")]:
-        student = unet_costs(student_config(stand_ins.SDXL_UNET, space.remove(state))[0], full=False)
+        student = denoiser_costs(student_config(stand_ins.SDXL_UNET, space.remove(state))[0], full=False)
         assert space.fraction(state, "params") == pytest.approx(student.params / teacher.params, abs=1e-12)
         assert space.fraction(state, "macs") == pytest.approx(student.macs / teacher.macs, abs=1e-12)
     plans = {frozenset(space.remove(state)) for state in everything}

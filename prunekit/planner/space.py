@@ -40,11 +40,11 @@ class Space:
     kind: str  # the kind of plan its states make (prunekit.surgery.KINDS)
 
     def __init__(self, teacher_config: dict):
-        from prunekit.costs import unet_costs
+        from prunekit.costs import denoiser_costs
 
         self.config = teacher_config
         self.units: dict[str, Unit] = all_units(teacher_config)
-        self.teacher = unet_costs(teacher_config, full=False)
+        self.teacher = denoiser_costs(teacher_config, full=False)
 
     def additive_fraction(self, remove: list[str], metric: str) -> float:
         """The teacher's `metric` less that of the units in `remove`, as a fraction of the teacher's."""
@@ -238,7 +238,7 @@ class DiffusersSpace(Space):
         """Exact less additive MACs fraction of the mid block (shrunk as `mid` says, `layers` deep) once m
         stages go: counted once per (m, mid, layers) on the student that only drops m stages and thins its
         innermost attentions to `layers`."""
-        from prunekit.costs import unet_costs
+        from prunekit.costs import denoiser_costs
         from prunekit.surgery import student_config
 
         if (m, mid, layers) not in self._corrections:
@@ -247,7 +247,7 @@ class DiffusersSpace(Space):
                                          if name.startswith(f"down{self.n - 1 - m}.")})
             remove = self.remove(state)
             config, _ = student_config(self.config, remove)
-            exact = unet_costs(config, full=False).macs / self.teacher.macs
+            exact = denoiser_costs(config, full=False).macs / self.teacher.macs
             self._corrections[m, mid, layers] = exact - self.additive_fraction(remove, "macs")
         return self._corrections[m, mid, layers]
 

@@ -102,7 +102,7 @@ def _prompts(images: Path) -> list[str] | None:
 
 def _teacher(name: str | None, fingerprint_expected: str | None) -> tuple[Teacher | None, str | None]:
     """The teacher of model `name` with its costs (no weights needed), or None and why not."""
-    from prunekit.costs import unet_costs
+    from prunekit.costs import denoiser_costs
     from prunekit.graph import all_units, enumerate_units, top_level
     from prunekit.models import fingerprint, resolve_model
 
@@ -117,7 +117,7 @@ def _teacher(name: str | None, fingerprint_expected: str | None) -> tuple[Teache
         note = (f"the U-Net config of {name} now differs from the one this run used ({fingerprint_expected[:19]}): "
                 "costs and drawings below are the current config's.")
     units = top_level(enumerate_units(config, "block"))
-    return Teacher(name, config, units, all_units(config), unet_costs(config)), note
+    return Teacher(name, config, units, all_units(config), denoiser_costs(config)), note
 
 
 def read_run(path: Path) -> Run:

@@ -253,14 +253,14 @@ def _ties(run: Run) -> dict[str, list[str]]:
 
 
 def _plan_section(run: Run) -> dict | None:
-    from prunekit.costs import unet_costs
+    from prunekit.costs import denoiser_costs
 
     plan = run.plan
     if plan is None:
         return None
     predicted = plan.predicted
     student_file = run.path / "distill" / "student" / "unet" / "config.json"
-    measured = unet_costs(read_json(student_file, dict) or plan.student_config)
+    measured = denoiser_costs(read_json(student_file, dict) or plan.student_config)
     teacher = run.teacher.costs if run.teacher else None
     compare = []
     for key, label in (("params", "parameters"), ("macs", "MACs per step"),
@@ -439,10 +439,10 @@ def _key_numbers(run: Run) -> list[dict]:
 def _student_costs(run: Run) -> list[dict]:
     """The verdict's cost cards: parameters and MACs the student keeps (counted from its config), and its latency
     (timed by the distillation, else predicted by the planner)."""
-    from prunekit.costs import unet_costs
+    from prunekit.costs import denoiser_costs
 
     student_file = run.path / "distill" / "student" / "unet" / "config.json"
-    measured = unet_costs(read_json(student_file, dict) or run.plan.student_config)
+    measured = denoiser_costs(read_json(student_file, dict) or run.plan.student_config)
     teacher = run.teacher.costs if run.teacher else None
     cards = []
     for key, label in (("params", "parameters"), ("macs", "MACs per step")):

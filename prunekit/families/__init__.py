@@ -1,0 +1,121 @@
+"""Denoiser families: what prunekit must know about one kind of diffusers denoiser, and the registry.
+
+A family is one object (`Family`) that general code asks instead of branching on the denoiser's class: how to
+build it on the meta device, the inputs of one step (for counting MACs), its units at each granularity, the
+parameter-free stand-ins that ablate them, and the plain diffusers student (config and weight map) that
+removing them leaves. `family_of(config)` picks the family of a config by its `_class_name`; a config without
+one is a U-Net's. Each family lives in one module of this package: unet (UNet2DConditionModel), and the
+transformer families sd3, flux, pixart and sana, which share the block-stack machinery of `blocks`.
+"""
+from __future__ import annotations
+
+from prunekit.errors import PrunekitError
+
+
+class Family:
+    """One kind of denoiser. Subclasses fill in every method; general code calls only these."""
+
+    name: str  # "unet", "sd3", ...
+    classes: tuple[str, ...]  # the diffusers class names it builds (the first is the plain one)
+    folder: str  # the pipeline's subfolder holding it: "unet" or "transformer"
+    tokens: int  # text tokens of one step's inputs when costs are counted
+    granularities: tuple[str, ...]  # the unit granularities it lists, the first the finest
+    free_plans: bool  # whether it takes free plans (parameter-free stand-ins kept in the student)
+
+    def build_meta(self, config: dict):
+        """The denoiser of `config` on the meta device."""
+        raise NotImplementedError
+
+    def model_class(self, config: dict):
+        """The diffusers class that builds and loads the denoiser of `config`."""
+        raise NotImplementedError
+
+    def check_config(self, config: dict, source: str) -> None:
+        """Refuse, in one sentence naming `source`, a config this family's class cannot be built from."""
+        raise NotImplementedError
+
+    def check_builds(self, config: dict, source: str, label: str) -> None:
+        """Refuse a config diffusers cannot build, with diffusers' reason, in one sentence naming `source`."""
+        try:
+            self.build_meta(config)
+        except Exception as error:  # noqa: BLE001 - diffusers raises anything on a garbled config; say which
+            detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise PrunekitError(f"{source} is not a {label} config diffusers can build ({detail}): fix it or pass "
+                                "another model.") from None
+
+    def example_inputs(self, config: dict, batch: int, tokens: int, device) -> dict:
+        """Keyword inputs of one denoising step at the config's sample size."""
+        raise NotImplementedError
+
+    def add_units(self, builder, module, granularity: str) -> None:
+        """Add the units of `module` at `granularity` to `builder` (prunekit.graph), in forward order."""
+        raise NotImplementedError
+
+    def depth(self, unit, config: dict) -> int:
+        """How deep `unit` lies (what `prunekit inspect` prints)."""
+        raise NotImplementedError
+
+    def footnote(self, config: dict) -> str:
+        """What `prunekit inspect` says under its table about depth and the MAC counts."""
+        raise NotImplementedError
+
+    def standins(self, module, unit, table: dict) -> list:
+        """(module path, stand-in) for every module of `module` that ablating `unit` swaps; `table` is every unit
+        by name."""
+        raise NotImplementedError
+
+    def plain_student(self, teacher_config: dict, remove: list[str]) -> tuple[dict, dict[str, str]]:
+        """The plain diffusers student config and weight map that removing `remove` leaves (a diffusers plan)."""
+        raise NotImplementedError
+
+    def presets(self, config: dict) -> dict:
+        """Preset name -> the units it removes from the denoiser of `config`, for the presets whose rule fits it."""
+        raise NotImplementedError
+
+    def preset_problem(self, name: str, config: dict) -> str:
+        """Why preset `name` does not fit the denoiser of `config`, as a clause after the preset's name."""
+        return f"does not fit this {self.classes[0]}"
+
+
+def _registry() -> dict[str, Family]:
+    from prunekit.families.flux import FLUX
+    from prunekit.families.pixart import PIXART
+    from prunekit.families.sana import SANA
+    from prunekit.families.sd3 import SD3
+    from prunekit.families.unet import UNET
+
+    return {cls: family for family in (UNET, SD3, FLUX, PIXART, SANA) for cls in family.classes}
+
+
+def _default() -> Family:
+    from prunekit.families.unet import UNET
+
+    return UNET
+
+
+def family_of(config: dict) -> Family:
+    """The family of the denoiser `config` describes: by its `_class_name`, a U-Net when it names none."""
+    kind = config.get("_class_name") if isinstance(config, dict) else None
+    if kind is None:
+        return _default()
+    family = _registry().get(kind)
+    if family is None:
+        known = ", ".join(sorted(_registry()))
+        raise PrunekitError(f"prunekit does not know the denoiser class {kind!r}: it prunes {known}.")
+    return family
+
+
+def denoiser_config(config: dict, family: Family) -> dict:
+    """`config` without private keys, naming its class unless its family is the default one (so a U-Net's
+    config, and its fingerprint, stay what they were before there were families)."""
+    plain = {key: value for key, value in config.items() if not key.startswith("_")}
+    return plain if family is _default() else {"_class_name": family.classes[0], **plain}
+
+
+def config_of(module_or_config) -> dict:
+    """The config of a denoiser module or config, as `denoiser_config` gives it (a module names its class)."""
+    if isinstance(module_or_config, dict):
+        config = module_or_config
+    else:
+        config = {"_class_name": type(module_or_config).__name__, **module_or_config.config}
+    return denoiser_config(config, family_of(config))
