@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from prunekit.costs import unet_costs  # noqa: E402
+from prunekit.costs import denoiser_costs  # noqa: E402
 from prunekit.models import unet_config  # noqa: E402
 from prunekit.plan import make_preset, presets_for  # noqa: E402
 
@@ -39,11 +39,11 @@ def rows(models=("sd-v1-4", "sd-v2-1-base")) -> list[dict]:
     table = []
     for model in models:
         config = unet_config(model)
-        teacher = unet_costs(config)
+        teacher = denoiser_costs(config)
         students = {"teacher": (config, teacher)}
         for preset in presets_for(config):
             plan = make_preset(preset, model, config)
-            students[preset] = (plan.student_config, unet_costs(plan.student_config))
+            students[preset] = (plan.student_config, denoiser_costs(plan.student_config))
         for name, (_, costs) in students.items():
             paper_params, paper_macs = PAPER.get((model, name), (None, None))
             table.append({
