@@ -13,7 +13,8 @@ from prunekit.quiet import quiet_libraries
 PRESET_NAMES = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like",  # prunekit.plan.PRESETS, without torch
                 "half-depth", "flux-lite-like")
 MODEL_HELP = ("an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, sd3-medium, sd3.5-large, flux-dev, "
-              "flux-schnell, pixart-sigma, sana-1.6b, tiny-sd, tiny-sdxl), a hub id or a local diffusers directory")
+              "flux-schnell, pixart-sigma, sana-1.6b, tiny-sd, tiny-sdxl), a hub id or a local diffusers "
+              "directory")
 GUIDANCE_HELP = "classifier-free guidance scale (default: the model card's; 7.5 for SD)"
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)"
 SEED_HELP = "seed of every random choice (default 0): the same command gives the same numbers"
@@ -152,8 +153,10 @@ def _sensitivity_parser(commands) -> None:
     sensitivity.add_argument("--out", required=True, help="the run directory (runs/NAME)")
     sensitivity.add_argument("--granularity", choices=("block", "pair", "stage"), default="pair",
                              help="which units to sweep (default pair)")
-    sensitivity.add_argument("--mode", choices=("full", "proxy"), default="full",
-                             help="full: generate and score images; proxy: noise-prediction error, no sampling")
+    sensitivity.add_argument("--mode", choices=("full", "proxy", "cosine", "mse"), default="full",
+                             help="full: generate and score images; proxy: noise-prediction error, no sampling "
+                                  "(U-Nets); cosine, mse: one intact pass, how far each unit moves its input "
+                                  "(ShortGPT and SANA-1.5's similarity, Flux.1-Lite's MSE)")
     sensitivity.add_argument("--metrics", help="full mode: comma-separated clip, fid, teacher, attributes "
                                                "(default clip,teacher, plus attributes for shapes prompts)")
     sensitivity.add_argument("--prompts", help="'shapes', 'shapes-train', 'everyday' or a file of one prompt per line "

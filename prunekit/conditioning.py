@@ -1,9 +1,12 @@
-"""What a U-Net is conditioned on, for the two pipeline families prunekit runs: SD-1/SD-2 and SDXL.
+"""What a denoiser is conditioned on, for the pipeline families prunekit runs: SD-1/SD-2, SDXL and SD3.
 
 An SD-1/SD-2 U-Net reads one tensor, the text encoder's per-token states. An SDXL U-Net
 (`addition_embed_type="text_time"`) reads the two text encoders' per-token states concatenated, and through
 `added_cond_kwargs` the second encoder's pooled, projected embedding (`text_embeds`) and six micro-conditioning
-numbers (`time_ids`: original size, crop corner, target size). `Conditioning` holds all three for a batch, so a
+numbers (`time_ids`: original size, crop corner, target size). SD3's transformer reads the two CLIP encoders'
+states concatenated (then T5's) and both pooled embeddings (`pooled_projections`). An SD3 pipeline without T5
+fills T5's place with zeros; prunekit gives it one zero token (`NO_T5_TOKENS`, tiny-sd3's training) where
+diffusers' default is 256, in every encoding and every pipeline call (`call_options`). `Conditioning` holds all three for a batch, so a
 sweep, the proxy and distillation hand a U-Net what its pipeline would, whatever the family; `encode` makes it
 with the pipeline's own `encode_prompt`, and `pipe_kwargs` gives it back to the pipeline.
 """
@@ -15,6 +18,8 @@ import torch
 
 from prunekit.errors import PrunekitError
 
+NO_T5_TOKENS = 1  # zero tokens in T5's place for an SD3 pipeline without T5 (diffusers' default: 256)
+
 
 def is_sdxl(unet_config: dict) -> bool:
     """Whether a U-Net of `unet_config` takes SDXL's added conditioning (pooled text and time ids)."""
@@ -22,7 +27,14 @@ def is_sdxl(unet_config: dict) -> bool:
 
 
 def check_supported(unet_config: dict, name: str) -> None:
-    """Refuse a U-Net conditioned on something prunekit cannot give it (class labels, image embeddings, ...)."""
+    """Refuse a denoiser whose pipelines prunekit does not run (Flux, PixArt, SANA: architecture work only), or a
+    U-Net conditioned on something prunekit cannot give it (class labels, image embeddings, ...)."""
+    from prunekit.families import family_of
+
+    family = family_of(unet_config)
+    if not family.runs_pipelines:
+        raise PrunekitError(f"prunekit does not yet sample, sweep or distil {family.classes[0]} pipelines ({name}): "
+                            "inspect it, plan it by preset and build its students; SD3's pipelines it runs.")
     added = unet_config.get("addition_embed_type")
     if unet_config.get("class_embed_type") or added not in (None, "text_time"):
         kind = f"class embeddings ({unet_config['class_embed_type']})" if unet_config.get("class_embed_type") else \
@@ -84,12 +96,27 @@ def time_ids(pipe, count: int, height: int | None = None, width: int | None = No
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(count, 1)
 
 
+def is_sd3(pipe) -> bool:
+    """Whether `pipe` is an SD3 pipeline (a transformer and a third, T5, text-encoder slot)."""
+    return hasattr(pipe, "transformer") and hasattr(pipe, "text_encoder_3")
+
+
+def call_options(pipe) -> dict:
+    """The pipeline-call arguments prunekit's conventions add: an SD3 pipeline without T5 gets NO_T5_TOKENS."""
+    return {"max_sequence_length": NO_T5_TOKENS} if is_sd3(pipe) and pipe.text_encoder_3 is None else {}
+
+
 @torch.no_grad()
 def encode(pipe, texts: list[str], negative: bool = False, device=None) -> tuple[Conditioning, Conditioning | None]:
     """The conditioning of `texts` as the pipeline encodes them (on `device`, default the pipeline's), and with
     `negative` that of the unconditional branch classifier-free guidance adds (SDXL's pipeline uses zeros there
     unless configured otherwise)."""
     device = device or pipe.device
+    if is_sd3(pipe):
+        embeds, uncond, pooled, uncond_pooled = pipe.encode_prompt(list(texts), None, None, device=device,
+                                                                   do_classifier_free_guidance=negative,
+                                                                   **call_options(pipe))
+        return Conditioning(embeds, pooled), (Conditioning(uncond, uncond_pooled) if negative else None)
     if not is_sdxl(dict(pipe.unet.config)):
         embeds, uncond = pipe.encode_prompt(list(texts), device, 1, negative)
         return Conditioning(embeds), (Conditioning(uncond) if negative else None)

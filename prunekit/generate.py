@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from prunekit.card import SD_GUIDANCE
+from prunekit.conditioning import call_options
 
 
 def image_seeds(seed: int, n: int) -> list[int]:
@@ -40,7 +41,7 @@ def generate_latents(pipe: StableDiffusionPipeline, prompts: Sequence[str], seed
             batch_seeds = seeds[start:start + batch_size]
             generators = [torch.Generator("cpu").manual_seed(seed) for seed in batch_seeds]
             output = pipe(prompt=list(prompts[start:start + batch_size]), num_inference_steps=steps,
-                          guidance_scale=guidance, generator=generators, output_type="latent")
+                          guidance_scale=guidance, generator=generators, output_type="latent", **call_options(pipe))
             latents.append(output.images.cpu())
             bar.update(len(batch_seeds))
     return torch.cat(latents)
@@ -52,7 +53,8 @@ def decode(pipe: StableDiffusionPipeline, latents: torch.Tensor, batch_size: int
     images = []
     for start in range(0, len(latents), batch_size):
         batch = latents[start:start + batch_size].to(pipe.device, pipe.vae.dtype)
-        pixels = pipe.vae.decode(batch / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        shift = pipe.vae.config.get("shift_factor") or 0.0  # SD3's VAE shifts its latents
+        pixels = pipe.vae.decode(batch / pipe.vae.config.scaling_factor + shift, return_dict=False)[0]
         images += pipe.image_processor.postprocess(pixels, output_type="pil", do_denormalize=[True] * len(batch))
     return images
 

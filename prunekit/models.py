@@ -315,12 +315,19 @@ class Model:
         if self.local:
             index = _check_pipeline_dir(Path(self.location))
             _ = self.config  # a garbled U-Net config is refused in one sentence before diffusers reads it
-            if "safety_checker" in index:
+            kwargs.update(absent_components(index))
+            if "safety_checker" in index:  # prunekit scores images itself: never load a safety checker
                 kwargs["safety_checker"] = None
             return _loading(lambda: DiffusionPipeline.from_pretrained(self.location, local_files_only=True, **kwargs),
                             self.location)
         return from_hub(lambda local: DiffusionPipeline.from_pretrained(self.location, local_files_only=local,
                                                                         **kwargs), self.name)
+
+
+def absent_components(index: dict) -> dict:
+    """The components a pipeline's model_index.json saves as absent (a safety checker, SD3's T5 and its
+    tokenizer), as None: diffusers loads such a pipeline only when they are passed so."""
+    return {name: None for name, entry in index.items() if entry == [None, None]}
 
 
 def _check_pipeline_dir(path: Path) -> dict:

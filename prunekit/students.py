@@ -55,10 +55,13 @@ class FreeUNet2DConditionModel(UNet2DConditionModel):
 
 
 def pipeline_with(teacher_pipe, unet):
-    """A pipeline of the teacher's class, components and settings, with `unet` in place of its U-Net."""
+    """A pipeline of the teacher's class, components and settings, with `unet` in place of its denoiser (U-Net
+    or transformer)."""
+    from prunekit.families import denoiser_slot
+
     settings = {key: teacher_pipe.config[key] for key in ("requires_safety_checker", "force_zeros_for_empty_prompt")
                 if key in teacher_pipe.config}
-    return type(teacher_pipe)(**{**teacher_pipe.components, "unet": unet}, **settings)
+    return type(teacher_pipe)(**{**teacher_pipe.components, denoiser_slot(teacher_pipe): unet}, **settings)
 
 
 def swap_in(unet, remove: list[str]) -> None:
@@ -110,17 +113,25 @@ def load_student(directory: str | Path, **kwargs):
 
     directory = Path(directory)
     manifest = _manifest(directory)
-    pipe = DiffusionPipeline.from_pretrained(directory, local_files_only=True, **kwargs)
-    _checked(directory, pipe.unet, manifest)
+    from prunekit.families import denoiser_of
+    from prunekit.models import absent_components
+
+    index = json.loads((directory / "model_index.json").read_text(encoding="utf-8"))
+    pipe = DiffusionPipeline.from_pretrained(directory, local_files_only=True, **{**absent_components(index),
+                                                                                   **kwargs})
+    _checked(directory, denoiser_of(pipe), manifest)
     return pipe
 
 
 def load_student_unet(directory: str | Path):
-    """A student U-Net folder saved by `prunekit distill` (student_ema/), of either plan kind, checked against its
-    manifest."""
+    """A student denoiser folder saved by `prunekit distill` (student_ema/), of either plan kind, checked against
+    its manifest."""
+    from prunekit.families import family_of
+
     directory = Path(directory)
     manifest = _manifest(directory)
-    kind = FreeUNet2DConditionModel if manifest["kind"] == "free" else UNet2DConditionModel
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    kind = FreeUNet2DConditionModel if manifest["kind"] == "free" else family_of(config).model_class(config)
     unet = kind.from_pretrained(directory, local_files_only=True)
     _checked(directory, unet, manifest)
     return unet

@@ -35,6 +35,14 @@ def sdxl_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory):
+    """A saved random stand-in SD3 pipeline without T5 (tests/stand_ins.py)."""
+    directory = tmp_path_factory.mktemp("sd3")
+    stand_ins.sd3_pipeline().save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A saved random stand-in tiny CLIP."""
     return str(stand_ins.save_clip(tmp_path_factory.mktemp("clip")))

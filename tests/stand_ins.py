@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+from diffusers import (AutoencoderKL, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler, PNDMScheduler,
+                       SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
                        StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTextConfig, CLIPTextModel
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
@@ -88,6 +89,23 @@ def sdxl_pipeline() -> StableDiffusionXLPipeline:
         unet=UNet2DConditionModel(**SDXL_UNET), add_watermarker=False,
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                          steps_offset=1))
+
+
+def sd3_pipeline() -> StableDiffusion3Pipeline:
+    """A random StableDiffusion3Pipeline without T5: SD3's transformer (4 joint blocks, the last text-free) over
+    4x16x16 latents in 2x2 patches, two 16-wide CLIP encoders with projections, flow-matching Euler sampling."""
+    torch.manual_seed(0)
+    tok = tokenizer()
+    vae = _vae()
+    vae.register_to_config(shift_factor=0.0)
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4,
+                                        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=32,
+                                        caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=8)
+    return StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=CLIPTextModelWithProjection(_text_config(tok, 16)), tokenizer=tok,
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(tok, 16)), tokenizer_2=tok,
+        text_encoder_3=None, tokenizer_3=None)
 
 
 def pipeline() -> StableDiffusionPipeline:

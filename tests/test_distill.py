@@ -19,7 +19,8 @@ from prunekit.distill import distill
 from prunekit.distill.cache import Encoder, build_cache, cache_key
 from prunekit.distill.data import Captioned, EpochSampler, FolderSource, flips, open_source
 from prunekit.distill.features import FeatureTaps, feature_pairs, match_points
-from prunekit.distill.losses import Weights, distill_losses, feature_loss, task_target
+from prunekit.distill.losses import Weights, distill_losses, feature_loss
+from prunekit.schedules import noising_for
 from prunekit.errors import PrunekitError
 from prunekit.guidance_tuning import TunedGuidance
 from prunekit.card import ModelCard
@@ -92,13 +93,32 @@ def image_folder(directory, count=4, broken=0, metadata="jsonl", size=(80, 64)):
 
 def test_task_targets_by_prediction_type():
     latents, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
-    epsilon = DDPMScheduler(prediction_type="epsilon")
-    assert torch.equal(task_target(epsilon, latents, noise, t), noise)
+
+    def target(scheduler):
+        return noising_for(scheduler).target(latents, noise, t)
+    assert torch.equal(target(DDPMScheduler(prediction_type="epsilon")), noise)
     velocity = DDPMScheduler(prediction_type="v_prediction")
     alpha = velocity.alphas_cumprod[t].view(-1, 1, 1, 1)
     expected = alpha.sqrt() * noise - (1 - alpha).sqrt() * latents
-    assert torch.allclose(task_target(velocity, latents, noise, t), expected, atol=1e-6)
-    assert torch.equal(task_target(DDPMScheduler(prediction_type="sample"), latents, noise, t), latents)
+    assert torch.allclose(target(velocity), expected, atol=1e-6)
+    assert torch.equal(target(DDPMScheduler(prediction_type="sample")), latents)
+    with pytest.raises(PrunekitError, match="predicts 'flow', which prunekit cannot train"):
+        noising_for(DDPMScheduler(prediction_type="flow"))
+
+
+def test_flow_matching_mixes_latents_and_noise_and_targets_the_velocity():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    flow = noising_for(FlowMatchEulerDiscreteScheduler(shift=3.0))
+    latents, noise = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    sigma = flow.sample(3, torch.Generator().manual_seed(0))
+    assert ((sigma > 0) & (sigma < 1)).all()
+    mixed = flow.noisy(latents, noise, sigma)
+    assert torch.allclose(mixed, latents + sigma.view(-1, 1, 1, 1) * (noise - latents), atol=1e-6)
+    assert torch.equal(flow.target(latents, noise, sigma), noise - latents)
+    assert torch.allclose(flow.model_timestep(sigma), sigma * 1000)
+    shifted = flow.sample(10_000, torch.Generator().manual_seed(1)).mean()  # a shift of 3 draws noisier levels
+    assert shifted > noising_for(FlowMatchEulerDiscreteScheduler()).sample(10_000, torch.Generator().manual_seed(1)).mean()
 
 
 def test_losses_on_hand_made_tensors():
@@ -528,6 +548,36 @@ def _sdxl_loop(tmp_path, model_dir: str, clip_dir: str, budget: float, **options
     rows = [line.split(",") for line in (tmp_path / "out" / "logs.csv").read_text().splitlines()[1:]]
     assert len(rows) == FAST["steps"] and all(float(row[4]) > 0 for row in rows)  # feature KD ran
     return {"plan": made, "summary": summary, "student": student}
+
+
+@pytest.mark.parametrize("cache, layers", [(False, "block-out"), (True, "self-attn")])
+def test_an_sd3_pipeline_goes_through_the_loop_with_flow_matching(tmp_path, sd3_dir, clip_dir, cache, layers):
+    """sweep -> plan -> distill of an SD3 pipeline without T5: whole blocks planned, the student a plain
+    SD3Transformer2DModel trained on flow-matching targets, block outputs (image stream) matched."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from prunekit.planner import plan
+    from prunekit.sensitivity import sensitivity
+
+    table = sensitivity(sd3_dir, out=str(tmp_path / "run"), clip_model=str(clip_dir), prompts="shapes",
+                        num_prompts=2, steps=2, granularity="block", progress=False)
+    assert {"block0", "block0.attn", "block3.ff"} <= set(table["unit"])
+    made = plan(sd3_dir, budget=0.8, sensitivity=str(tmp_path / "run"), method="optuna", trials=20, progress=False)
+    assert made.remove and all(name.startswith("block") and "." not in name for name in made.remove)
+    summary = distill(tmp_path / "run" / "plan.json", "shapes", tmp_path / "out", teacher=sd3_dir,
+                      **{**FAST, "caption_dropout": 0.5, "cache_latents": cache, "feat_layers": layers})
+    student = StableDiffusion3Pipeline.from_pretrained(summary["student"], local_files_only=True, text_encoder_3=None,
+                                                       tokenizer_3=None)
+    assert student.transformer.config.num_layers == 4 - len(made.remove)
+    assert sum(p.numel() for p in student.transformer.parameters()) == made.predicted["params"]
+    suffix = ".attn" if layers == "self-attn" else ""
+    assert summary["pairs"] and all(s.endswith(suffix) and s.startswith("transformer_blocks.")
+                                    for s, _ in summary["pairs"])
+    rows = [line.split(",") for line in (tmp_path / "out" / "logs.csv").read_text().splitlines()[1:]]
+    assert len(rows) == FAST["steps"] and all(float(row[4]) > 0 for row in rows)  # feature KD ran
+    from prunekit.students import load_student
+
+    assert load_student(summary["student"]).transformer.config.num_layers == 4 - len(made.remove)
 
 
 @pytest.mark.parametrize("cache, layers", [(False, "self-attn"), (True, "block-out")])

@@ -332,6 +332,20 @@ def test_random_init_gives_sdxl_an_sdxl_pipeline_on_the_meta_device():
     assert pipe.vae.config.scaling_factor == 0.13025
 
 
+def test_random_init_gives_sd3_an_sd3_pipeline_without_t5_and_runs_from_its_config(tmp_path):
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = random_pipeline(unet_config("sd3-medium"), "meta", seed=0)
+    assert type(pipe) is StableDiffusion3Pipeline and pipe.text_encoder_3 is None
+    assert sum(p.numel() for p in pipe.transformer.parameters()) == 2_028_328_000
+    assert pipe.vae.config.latent_channels == 16 and pipe.vae.config.shift_factor == 0.0609
+    config_dir = tmp_path / "transformer-only"
+    stand_ins.sd3_pipeline().transformer.save_config(config_dir)
+    table = sensitivity(str(config_dir), out=str(tmp_path / "run"), init="random", prompts="shapes", num_prompts=1,
+                        steps=1, units="block1,block3.ff", granularity="block", progress=False)
+    assert list(table["unit"]) == ["block1", "block3.ff"] and set(table["init"]) == {"random"}
+
+
 def test_random_init_runs_from_a_unet_config_and_says_so(tmp_path):
     config_dir = tmp_path / "unet-only"
     stand_ins.pipeline().unet.save_config(config_dir)
@@ -425,3 +439,50 @@ def test_two_sweeps_of_other_units_into_one_directory_at_once_lose_no_row(tmp_pa
         assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
     rows = _rows(out / "sensitivity.csv")
     assert len(units) >= 10 and sorted(row["unit"] for row in rows) == sorted(units)
+
+
+# -- the field's cheap block scores ---------------------------------------------------------------------------
+
+def test_block_cosine_is_one_minus_the_cosine_of_a_blocks_input_and_output():
+    from prunekit.families import family_of
+    from prunekit.graph import all_units
+    from prunekit.sensitivity.criteria import BlockScores
+
+    pipe = stand_ins.sd3_pipeline()
+    model = pipe.transformer.eval()
+    family = family_of({"_class_name": "SD3Transformer2DModel"})
+    units = [all_units(model, costs=False)[name] for name in ("block1", "block3", "block2.ff")]
+    conditioning = Conditioning(torch.randn(2, 9, 32), torch.randn(2, 32))
+    batch = (torch.randn(2, 4, 16, 16), torch.tensor([300.0, 700.0]), conditioning)
+    seen = {}
+    hook = model.transformer_blocks[1].register_forward_hook(
+        lambda module, args, kwargs, output: seen.update(x=kwargs["hidden_states"], y=output[1]), with_kwargs=True)
+    scores = BlockScores(model, family, units, [batch])
+    hook.remove()
+    cosine = torch.nn.functional.cosine_similarity(seen["x"], seen["y"], dim=-1).mean(1)
+    assert torch.allclose(scores(units[0], "cosine"), (1 - cosine).double(), atol=1e-6)
+    assert torch.allclose(scores(units[0], "mse"), (seen["x"] - seen["y"]).pow(2).mean((1, 2)).double(), atol=1e-6)
+    assert (scores(units[1], "mse") > 0).all()  # the last, text-free block
+    assert torch.allclose(scores(units[2], "cosine"), torch.ones(2, dtype=torch.float64))  # a part's stand-in: zeros
+
+
+@pytest.mark.parametrize("mode", ["cosine", "mse"])
+def test_criteria_sweeps_score_every_unit_in_one_pass_and_plan(tmp_path, sd3_dir, pipe_dir, mode):
+    from prunekit.planner import plan
+
+    column = {"cosine": "block_cosine", "mse": "block_mse"}[mode]
+    table = sensitivity(sd3_dir, out=str(tmp_path / "sd3"), mode=mode, granularity="block", timesteps=2, **FAST)
+    assert len(table) == 12 and (table[column] >= 0).all() and (table["sensitivity"] == table[column]).all()
+    made = plan(sd3_dir, budget=0.7, sensitivity=str(tmp_path / "sd3"), progress=False)
+    assert made.remove and made.predicted["params_fraction"] <= 0.7
+    unet = sensitivity(pipe_dir, out=str(tmp_path / "unet"), mode=mode, granularity="pair", timesteps=2, **FAST)
+    assert (unet[column] >= 0).all() and len(unet) == len(enumerate_units(unet_config(pipe_dir), "pair"))
+    record = json.loads((tmp_path / "unet" / "run.json").read_text())
+    assert any(note.startswith(f"{mode} mode:") for note in record["notes"])
+
+
+def test_a_latent_mode_refuses_metrics_and_proxy_refuses_transformers(tmp_path, sd3_dir):
+    with pytest.raises(PrunekitError, match="cosine mode scores by block_cosine only"):
+        sensitivity(sd3_dir, out=str(tmp_path / "a"), mode="cosine", metrics="clip", **FAST)
+    with pytest.raises(PrunekitError, match="proxy mode runs U-Nets block by block"):
+        sensitivity(sd3_dir, out=str(tmp_path / "b"), mode="proxy", granularity="block", timesteps=2, **FAST)

@@ -151,6 +151,8 @@ def test_presets_by_rule():
     half = preset_remove("half-depth", unet_config("sd3-medium"))
     assert half == [f"block{k}" for k in range(1, 24, 2)]
     assert presets_for(unet_config("pixart-sigma")) == ["half-depth"]
+    sd3 = make_preset("flux-lite-like", "sd3-medium", unet_config("sd3-medium"))  # SD3's blocks are all MMDiT
+    assert sd3.remove == [f"block{k}" for k in range(10, 24)] and sd3.student_config["num_layers"] == 10
     with pytest.raises(PrunekitError, match="preset bk-small does not fit this SD3Transformer2DModel: use half-depth"):
         preset_remove("bk-small", unet_config("sd3-medium"))
     with pytest.raises(PrunekitError, match="preset flux-lite-like does not fit this SanaTransformer2DModel"):
@@ -206,5 +208,8 @@ def test_a_local_transformer_config_is_read_and_a_garbled_one_refused(tmp_path, 
     (tmp_path / "odd" / "config.json").write_text(json.dumps({"_class_name": "HunyuanDiT2DModel"}))
     assert main(["inspect", str(tmp_path / "odd")]) == 2
     assert "not of a denoiser prunekit prunes" in capsys.readouterr().err
-    assert main(["inspect", "flux-dev", "--granularity", "pair"]) == 2
-    assert "use one of block" in capsys.readouterr().err
+    assert main(["inspect", "flux-dev", "--granularity", "stage"]) == 2
+    assert "use one of block, pair" in capsys.readouterr().err
+    assert main(["inspect", "flux-dev", "--granularity", "pair"]) == 0  # whole blocks only
+    out = capsys.readouterr().out
+    assert "single37 " in out and "single37.ff" not in out

@@ -27,6 +27,7 @@ from prunekit.distill.features import LAYERS, feature_pairs
 from prunekit.distill.losses import FEAT_NORMS, Weights
 from prunekit.distill.trainer import DTYPES, Distiller, TrainConfig
 from prunekit.errors import PrunekitError
+from prunekit.families import denoiser_of
 from prunekit.evaluate import EvalOptions, evaluate
 from prunekit.models import Model, resolve_model
 from prunekit.options import check_choice, check_count, check_number, check_output_dir, merged
@@ -295,8 +296,9 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
                             "metadata.jsonl, a Hugging Face dataset, or named data such as shapes).")
     source = open_source(data, options.num_examples, options.seed)
     pipe = model.pipeline()
+    teacher_net = denoiser_of(pipe)
     vae_scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    dataset = Captioned(source, pipe.unet.config.sample_size * vae_scale, flip=getattr(source, "flip", True),
+    dataset = Captioned(source, teacher_net.config.sample_size * vae_scale, flip=getattr(source, "flip", True),
                         seed=options.seed)
     accelerator = _accelerator(out, options.mixed_precision)
     main = accelerator.is_main_process
@@ -306,9 +308,9 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
     config = options.train_config()
     checkpoints.check_start(out / "checkpoints", options.resume, config.settings(accelerator))
     accelerator.init_trackers("tensorboard")
-    student, _ = build_student(pipe.unet, plan_obj)
-    pairs = feature_pairs(student, pipe.unet, plan_obj.weight_map, layers=options.feat_layers) if options.lambda_feat \
-        else []
+    student, _ = build_student(teacher_net, plan_obj)
+    pairs = feature_pairs(student, teacher_net, plan_obj.weight_map, layers=options.feat_layers) \
+        if options.lambda_feat else []
 
     enabled = main and options.eval_num_prompts > 0
     prompts = _eval_prompts(options, data, dataset, out) if enabled else None
@@ -335,9 +337,10 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
         encoder.offload()  # not needed while training from the cache
         dataset, encoder = CachedDataset(cache, options.seed), None
 
-    distiller = Distiller(accelerator, student, pipe.unet, pipe.scheduler, encoder, dataset, pairs,
+    distiller = Distiller(accelerator, student, teacher_net, pipe.scheduler, encoder, dataset, pairs,
                           pipe.vae.config.scaling_factor, config, out, empty,
-                          model.card.tuned)  # a tuned student keeps its teacher's target
+                          model.card.tuned,  # a tuned student keeps its teacher's target
+                          shift_factor=pipe.vae.config.get("shift_factor") or 0.0)
     state = distiller.run(options.resume)
     summary = {"out": str(out), "student": str(out / "student"), "student_ema": None, "steps": state.step,
                "seconds": state.seconds, "pairs": pairs, "data": source.description,

@@ -1,6 +1,8 @@
 """Feature distillation points: forward hooks keyed by module path, and teacher/student stage matching.
 
-Features are the outputs of every stage (`down_blocks.i`, `up_blocks.i`). A student stage is matched to
+Which features are matched is the denoiser family's choice (prunekit.families): a transformer's are its kept
+blocks' outputs (the image stream), each with the teacher block's it was copied from. A U-Net's features are
+the outputs of every stage (`down_blocks.i`, `up_blocks.i`). A student stage is matched to
 the teacher stage its weights came from (read off the plan's weight map). Where the two stage outputs
 differ in shape, an earlier point of equal shape is taken by one general rule (`match_points`): walking
 back from the end of the teacher's stage through the outputs of its parts (resnets, attentions,
@@ -31,11 +33,6 @@ LAYERS = ("block-out", "self-attn")  # what features are matched: stage outputs 
 _PARTS = ("resnets", "attentions", "downsamplers", "upsamplers")
 
 
-def _tensor(output) -> torch.Tensor:
-    """The hidden states a module returned: the tensor itself, or the first item of a tuple or output object."""
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
 class FeatureTaps:
     """Forward hooks that keep the outputs of some modules of one model, keyed by module path.
 
@@ -44,6 +41,9 @@ class FeatureTaps:
     """
 
     def __init__(self, model: nn.Module, paths):
+        from prunekit.families import config_of, family_of
+
+        self._family = family_of(config_of(model))
         modules = dict(model.named_modules())
         missing = [path for path in paths if path not in modules]
         if missing:
@@ -55,7 +55,7 @@ class FeatureTaps:
     def _keeper(self, path: str):
         def keep(module, args, output):
             if self._active:
-                self.features[path] = _tensor(output)
+                self.features[path] = self._family.feature(path, output)
         return keep
 
     @contextmanager
@@ -136,9 +136,18 @@ def self_attention_pairs(student: nn.Module, weight_map: dict[str, str]) -> list
 
 
 def feature_pairs(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str],
-                  sample_size: int | None = None, layers: str = "block-out") -> list[tuple[str, str]]:
-    """(student path, teacher path) of every feature to match: one per student stage that has a teacher stage
-    (`block-out`), or one per self-attention the student keeps (`self-attn`)."""
+                  layers: str = "block-out") -> list[tuple[str, str]]:
+    """(student path, teacher path) of every feature to match, as the denoiser's family chooses them (a U-Net's:
+    `unet_feature_pairs`; a transformer's: block outputs, or attentions, matched through the weight map)."""
+    from prunekit.families import config_of, family_of
+
+    return family_of(config_of(teacher)).feature_pairs(student, teacher, weight_map, layers)
+
+
+def unet_feature_pairs(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str],
+                       sample_size: int | None = None, layers: str = "block-out") -> list[tuple[str, str]]:
+    """A U-Net's (student path, teacher path) of every feature to match: one per student stage that has a teacher
+    stage (`block-out`), or one per self-attention the student keeps (`self-attn`)."""
     if layers == "self-attn":
         return self_attention_pairs(student, weight_map)
     sample_size = sample_size or teacher.config.sample_size

@@ -1,7 +1,7 @@
 """BK-SDM's three losses: the task loss, output distillation and feature distillation.
 
-- task: MSE between the student's prediction and the training target (the noise for epsilon-prediction
-  models, the velocity for v-prediction ones, the clean latents for sample-prediction ones);
+- task: MSE between the student's prediction and the training target (prunekit.schedules: the noise, velocity
+  or clean latents its DDPM scheduler's prediction type says; flow matching's velocity for SD3);
 - out: MSE between the student's and the teacher's predictions for the same noisy input;
 - feat: the sum, over matched (student, teacher) feature pairs, of the MSE between the two features;
   with `feat_norm="teacher"` each term is divided by the teacher feature's mean square (LAPTOP-Diff).
@@ -18,19 +18,6 @@ import torch.nn.functional as F
 from prunekit.errors import PrunekitError
 
 FEAT_NORMS = ("none", "teacher")
-
-
-def task_target(scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What a U-Net trained with `scheduler`'s prediction type must predict for `latents` noised with `noise`."""
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return scheduler.get_velocity(latents, noise, timesteps)
-    if kind == "sample":
-        return latents
-    raise PrunekitError(f"the teacher's scheduler predicts {kind!r}, which prunekit cannot train: "
-                        "use a teacher with epsilon, v_prediction or sample prediction.")
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

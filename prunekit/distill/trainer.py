@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -33,8 +33,10 @@ from prunekit.conditioning import Conditioning
 from prunekit.distill import checkpoints
 from prunekit.distill.data import EpochSampler
 from prunekit.distill.features import FeatureTaps
-from prunekit.distill.losses import Weights, distill_losses, task_target
+from prunekit.distill.losses import Weights, distill_losses
 from prunekit.errors import PrunekitError
+from prunekit.families import config_of, family_of
+from prunekit.schedules import noising_for
 
 LOG_COLUMNS = ("step", "loss", "loss_task", "loss_out", "loss_feat", "lr", "seconds")
 
@@ -101,15 +103,15 @@ class Distiller:
     """A student trained from a frozen teacher on one data set: `run()` trains, `trained()` hands it back.
 
     Args:
-        student: the student U-Net, float32 (its trainable master weights).
-        teacher: the teacher U-Net; it is frozen, put in eval mode and cast to the compute dtype here.
-        scheduler: the teacher pipeline's scheduler; training noises with a DDPMScheduler of its config
-            (the noise schedule and the prediction type).
+        student: the student denoiser (U-Net or transformer), float32 (its trainable master weights).
+        teacher: the teacher denoiser; it is frozen, put in eval mode and cast to the compute dtype here.
+        scheduler: the teacher pipeline's scheduler; training noises as it implies (prunekit.schedules: a
+            DDPMScheduler of its config, or flow matching).
         encoder: the frozen VAE and text encoder(s) (prunekit.distill.cache.Encoder), or None when `dataset`
             yields cached moments and text embeddings.
         dataset: examples of {"pixel_values", "text"} or of {"moments", "text_embeds"} (and "pooled" for SDXL).
         pairs: (student path, teacher path) of every feature to match (prunekit.distill.features).
-        scaling_factor: the VAE's latent scaling factor.
+        scaling_factor: the VAE's latent scaling (and shift: SD3's VAE shifts latents before scaling them).
         empty: the unconditional branch's conditioning (one row, prunekit.conditioning; SDXL's time ids, which
             every example shares, with it): a `caption_dropout` share of the examples train on it (student and
             teacher alike), so that the unconditional prediction guidance needs is distilled too.
@@ -121,11 +123,14 @@ class Distiller:
 
     def __init__(self, accelerator: Accelerator, student: UNet2DConditionModel, teacher: UNet2DConditionModel,
                  scheduler, encoder, dataset, pairs: list[tuple[str, str]], scaling_factor: float,
-                 config: TrainConfig, out: Path, empty: Conditioning, target_hook: TaskTarget | None = None):
+                 config: TrainConfig, out: Path, empty: Conditioning, target_hook: TaskTarget | None = None,
+                 shift_factor: float = 0.0):
         self.accelerator, self.config, self.out = accelerator, config, Path(out)
         self.device, self.dtype = accelerator.device, DTYPES[accelerator.mixed_precision]
-        self.scheduler = DDPMScheduler.from_config(scheduler.config)
-        self.encoder, self.pairs, self.scaling_factor = encoder, pairs, scaling_factor
+        self.noising = noising_for(scheduler)
+        self.family = family_of(config_of(teacher))
+        self.encoder, self.pairs = encoder, pairs
+        self.scaling_factor, self.shift_factor = scaling_factor, shift_factor
         self.empty, self.target_hook = empty.to(self.device), target_hook
         self.teacher = teacher.to(self.device, self.dtype).eval().requires_grad_(False)
         if config.gradient_checkpointing:
@@ -164,18 +169,18 @@ class Distiller:
         embeds = batch["text_embeds"].to(self.device, self.dtype)
         if "pooled" not in batch:
             return batch["moments"].to(self.device), Conditioning(embeds)
-        ids = self.empty.time_ids.expand(len(embeds), -1)
+        ids = None if self.empty.time_ids is None else self.empty.time_ids.expand(len(embeds), -1)
         return batch["moments"].to(self.device), Conditioning(embeds, batch["pooled"].to(self.device, self.dtype), ids)
 
     def losses(self, batch: dict):
         """The losses of one micro-batch (prunekit.distill.losses.Losses), with the graph for backward."""
         moments, context = self._inputs(batch)
-        latents = DiagonalGaussianDistribution(moments.float()).sample(self.generator) * self.scaling_factor
+        latents = DiagonalGaussianDistribution(moments.float()).sample(self.generator)
+        latents = (latents - self.shift_factor) * self.scaling_factor
         noise = torch.randn(latents.shape, generator=self.generator, device=self.device)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(latents),),
-                                  generator=self.generator, device=self.device)
-        noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        target = task_target(self.scheduler, latents, noise, timesteps)
+        drawn = self.noising.sample(len(latents), self.generator, self.device)
+        noisy, timesteps = self.noising.noisy(latents, noise, drawn), self.noising.model_timestep(drawn)
+        target = self.noising.target(latents, noise, drawn)
         empty = self.empty.to(self.device, self.dtype).repeat(len(latents))
         dropped = torch.zeros(len(latents), dtype=torch.bool, device=self.device)
         if self.config.caption_dropout:  # the unconditional branch that guidance needs is distilled too
@@ -184,16 +189,16 @@ class Distiller:
             context = context.where(dropped, empty)
         if self.target_hook is not None:
             with torch.no_grad():
-                unguided = self.student(noisy, timesteps, **empty.to(self.device, torch.float32).unet_kwargs()).sample
+                unguided = self.family.predict(self.student, noisy, timesteps, empty.to(self.device, torch.float32))
             tuned = self.target_hook.target(target, unguided.float())
             target = torch.where(dropped[:, None, None, None], target, tuned)  # empty captions keep the plain one
         weights = self.config.weights
         with self.student_taps.capture() as student_features:
-            prediction = self.student(noisy, timesteps, **context.to(self.device, torch.float32).unet_kwargs()).sample
+            prediction = self.family.predict(self.student, noisy, timesteps, context.to(self.device, torch.float32))
         teacher_prediction, teacher_features = None, None
         if weights.needs_teacher:
             with torch.no_grad(), self.teacher_taps.capture() as teacher_features:
-                teacher_prediction = self.teacher(noisy.to(self.dtype), timesteps, **context.unet_kwargs()).sample
+                teacher_prediction = self.family.predict(self.teacher, noisy.to(self.dtype), timesteps, context)
         return distill_losses(prediction, target, weights, teacher_prediction, student_features, teacher_features,
                               self.pairs, self.config.feat_norm)
 

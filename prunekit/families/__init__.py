@@ -21,6 +21,9 @@ class Family:
     tokens: int  # text tokens of one step's inputs when costs are counted
     granularities: tuple[str, ...]  # the unit granularities it lists, the first the finest
     free_plans: bool  # whether it takes free plans (parameter-free stand-ins kept in the student)
+    runs_pipelines: bool  # whether prunekit samples, sweeps and distils its pipelines (else architecture work only)
+    proxy_sweeps: bool  # whether the sweep's proxy mode (a block-by-block forward) knows its layout
+    space: str  # its diffusers plans (prunekit.planner.space): "layout" (a U-Net's stages) or "blocks" (any blocks)
 
     def build_meta(self, config: dict):
         """The denoiser of `config` on the meta device."""
@@ -47,6 +50,11 @@ class Family:
         """Keyword inputs of one denoising step at the config's sample size."""
         raise NotImplementedError
 
+    def predict(self, module, sample, timestep, conditioning):
+        """The denoiser's prediction for `sample` at `timestep` (as the model reads it) under `conditioning`
+        (prunekit.conditioning.Conditioning), as its pipeline calls it."""
+        raise NotImplementedError
+
     def add_units(self, builder, module, granularity: str) -> None:
         """Add the units of `module` at `granularity` to `builder` (prunekit.graph), in forward order."""
         raise NotImplementedError
@@ -66,6 +74,19 @@ class Family:
 
     def plain_student(self, teacher_config: dict, remove: list[str]) -> tuple[dict, dict[str, str]]:
         """The plain diffusers student config and weight map that removing `remove` leaves (a diffusers plan)."""
+        raise NotImplementedError
+
+    def cost_correction(self, config: dict, remove: list[str], metric: str, units: dict) -> int:
+        """What a plain student removing `remove` costs beyond the teacher less the removed units (0 where costs
+        add up over units)."""
+        return 0
+
+    def feature_pairs(self, student, teacher, weight_map: dict[str, str], layers: str) -> list[tuple[str, str]]:
+        """(student path, teacher path) of every feature distillation matches (prunekit.distill.features)."""
+        raise NotImplementedError
+
+    def feature(self, path: str, output):
+        """The hidden states in what its module at `path` returned (a feature distillation matches)."""
         raise NotImplementedError
 
     def presets(self, config: dict) -> dict:
@@ -119,3 +140,13 @@ def config_of(module_or_config) -> dict:
     else:
         config = {"_class_name": type(module_or_config).__name__, **module_or_config.config}
     return denoiser_config(config, family_of(config))
+
+
+def denoiser_slot(pipe) -> str:
+    """The name of a pipeline's denoiser component: "unet" or "transformer"."""
+    return "unet" if "unet" in pipe.components else "transformer"
+
+
+def denoiser_of(pipe):
+    """A pipeline's denoiser: its U-Net or its transformer."""
+    return getattr(pipe, denoiser_slot(pipe))

@@ -4,13 +4,20 @@ A diffusion transformer is a few stacks of identical blocks between an embedding
 family says, as data (`Stack`, `Part`), which module lists hold the blocks, which config key counts them, what
 a block returns (both streams of a joint block, or the image stream) and which of its children are its
 attention and feed-forward sub-units; `BlockFamily` derives the rest. Units: `{prefix}{k}` per block
-(`joint3`, `single10`, `block7`) and `{prefix}{k}.{part}` inside it (`joint3.attn`, `block7.ff`).
+(`joint3`, `single10`, `block7`) and, at block granularity, `{prefix}{k}.{part}` inside it (`joint3.attn`,
+`block7.ff`); pair granularity lists whole blocks only (a U-Net's pair is its coarser unit too).
 
 - Ablating a block swaps it for the identity on every stream it carries; ablating a part swaps each of its
   children for zeros of its output's shape, so the block's gated residual adds nothing (prunekit.ablation).
 - A plain student keeps a subset of each stack's blocks in order: the same config with a smaller count, every
   kept block's tensors copied from the teacher block it was. Parts cannot go alone in a diffusers config.
-- Presets: `half-depth` removes every second block of every stack (blocks 1, 3, 5, ...).
+- Presets: `half-depth` removes every second block of every stack (blocks 1, 3, 5, ...). `flux-lite-like`, for
+  a family with double-stream (MMDiT) blocks, keeps the first 8 of every 19 of them and every other block:
+  Freepik's Flux.1-Lite-8B (model card) cut FLUX.1-dev's 12B to 8B with every single-stream block kept,
+  choosing blocks by the mean squared error between each block's input and output, and reports that skipping
+  an early double-stream block hurts most; 19 -> 8 double-stream blocks gives 8,163,264,064 parameters, the
+  card's 8B. Which blocks the card removed is not published, so this is "-like". SD3's blocks are all
+  double-stream, so there it keeps the first 8/19 of them.
 """
 from __future__ import annotations
 
@@ -20,6 +27,8 @@ import torch
 
 from prunekit.errors import PrunekitError
 from prunekit.families import Family, denoiser_config
+
+LITE_KEEPS = 8 / 19  # Flux.1-Lite-8B's share of FLUX.1-dev's double-stream blocks
 
 
 @dataclass(frozen=True)
@@ -39,14 +48,18 @@ class Stack:
     count_key: str  # the config entry that counts its blocks
     parts: tuple[Part, ...]
     streams: int  # 2: a block takes and returns (encoder_hidden_states, hidden_states); 1: hidden_states only
+    mmdit: bool = False  # double-stream (MMDiT) blocks: text and image each with their own weights
 
 
 class BlockFamily(Family):
     """A diffusion transformer family, described by its stacks; subclasses give the class, inputs and sizes."""
 
     folder = "transformer"
-    granularities = ("block",)
+    granularities = ("block", "pair")  # block: blocks and their parts; pair: whole blocks only
     free_plans = False
+    runs_pipelines = False
+    space = "blocks"
+    proxy_sweeps = False
 
     def __init__(self, name: str, class_name: str, stacks: tuple[Stack, ...], tokens: int):
         self.name, self.classes, self.stacks, self.tokens = name, (class_name,), stacks, tokens
@@ -88,7 +101,7 @@ class BlockFamily(Family):
             for k, block in enumerate(getattr(module, stack.attr)):
                 name, path = f"{stack.prefix}{k}", f"{stack.attr}.{k}"
                 builder.add(name, "block", stack.prefix, [path], width, width, grid)
-                for part in stack.parts:
+                for part in stack.parts if granularity == "block" else ():
                     paths = [f"{path}.{child}" for child, _ in part.children if getattr(block, child, None) is not None]
                     if paths:
                         builder.add(f"{name}.{part.name}", part.name, stack.prefix, paths, width, width, grid,
@@ -184,7 +197,29 @@ class BlockFamily(Family):
                                 f"({report.problems()}): remove other blocks.")
         return config, weight_map
 
+    # -- distillation ---------------------------------------------------------------------------------------
+    def feature_pairs(self, student, teacher, weight_map: dict[str, str], layers: str) -> list[tuple[str, str]]:
+        """Every student block's output with the teacher block's it was copied from (`block-out`), or every
+        kept block's attention with its teacher's (`self-attn`)."""
+        attrs = {stack.attr for stack in self.stacks}
+        blocks = [(path, source) for path, source in weight_map.items()
+                  if path.count(".") == 1 and path.split(".")[0] in attrs]
+        if layers == "block-out":
+            return blocks
+        return [(f"{path}.attn", f"{source}.attn") for path, source in blocks]
+
+    def feature(self, path: str, output):
+        """The image stream in what the module at `path` returned: a joint block returns (text, image), a joint
+        attention (image, text)."""
+        if isinstance(output, torch.Tensor):
+            return output
+        return output[-1] if path.count(".") == 1 else output[0]
+
     # -- presets --------------------------------------------------------------------------------------------
     def presets(self, config: dict) -> dict:
-        half = [f"{s.prefix}{k}" for s in self.stacks for k in range(int(config.get(s.count_key) or 0)) if k % 2]
-        return {"half-depth": half}
+        counts = {s.prefix: int(config.get(s.count_key) or 0) for s in self.stacks}
+        found = {"half-depth": [f"{s.prefix}{k}" for s in self.stacks for k in range(counts[s.prefix]) if k % 2]}
+        if any(s.mmdit for s in self.stacks):
+            found["flux-lite-like"] = [f"{s.prefix}{k}" for s in self.stacks if s.mmdit
+                                       for k in range(max(1, round(counts[s.prefix] * LITE_KEEPS)), counts[s.prefix])]
+        return found

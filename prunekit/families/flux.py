@@ -3,11 +3,7 @@
 Both kinds take and return the text and the image stream (a single block runs them as one sequence). A
 single block's attention and MLP run in parallel into one output projection: its `attn` part zeroes the
 attention and its `ff` part the MLP's input projection, each leaving the other branch (and the projection's
-bias) in place. Preset `flux-lite-like`: Freepik's Flux.1-Lite-8B (model card) cut FLUX.1-dev's 12B to 8B
-with every single-stream block kept, choosing blocks by the mean squared error between each block's input and
-output, and reports that skipping an early double-stream block hurts most. The rule here keeps the first 8 of
-every 19 double-stream blocks (19 -> 8 gives 8,163,264,064 parameters, the card's 8B) and every single-stream
-block; which blocks the card removed is not published, so this is "-like".
+bias) in place. `flux-lite-like` (prunekit.families.blocks) removes the later double-stream blocks.
 """
 from __future__ import annotations
 
@@ -17,10 +13,9 @@ from prunekit.families.blocks import BlockFamily, Part, Stack
 
 _JOINT = Stack("joint", "transformer_blocks", "num_layers",
                (Part("attn", (("attn", "zero-pair"),)), Part("ff", (("ff", "zeros"), ("ff_context", "zeros")))),
-               streams=2)
+               streams=2, mmdit=True)
 _SINGLE = Stack("single", "single_transformer_blocks", "num_single_layers",
                 (Part("attn", (("attn", "zeros"),)), Part("ff", (("proj_mlp", "zeros-out"),))), streams=2)
-LITE_KEEPS = 8 / 19  # Flux.1-Lite-8B's share of FLUX.1-dev's double-stream blocks
 
 
 class FluxFamily(BlockFamily):
@@ -41,11 +36,6 @@ class FluxFamily(BlockFamily):
         if config.get("guidance_embeds"):
             inputs["guidance"] = torch.full((batch,), 3.5, device=device)
         return inputs
-
-    def presets(self, config: dict) -> dict:
-        joint = int(config.get("num_layers") or 19)
-        keep = max(1, round(joint * LITE_KEEPS))
-        return {**super().presets(config), "flux-lite-like": [f"joint{k}" for k in range(keep, joint)]}
 
 
 # FLUX.1-dev's T5 text is 512 tokens (FluxPipeline's max_sequence_length).

@@ -17,10 +17,12 @@ from prunekit.families.blocks import BlockFamily, Part, Stack
 
 _STACK = Stack("block", "transformer_blocks", "num_layers",
                (Part("attn", (("attn", "zero-pair"), ("attn2", "zeros"))),
-                Part("ff", (("ff", "zeros"), ("ff_context", "zeros")))), streams=2)
+                Part("ff", (("ff", "zeros"), ("ff_context", "zeros")))), streams=2, mmdit=True)
 
 
 class SD3Family(BlockFamily):
+    runs_pipelines = True
+
     def example_inputs(self, config: dict, batch: int, tokens: int, device) -> dict:
         size = int(config.get("sample_size") or 128)
         return {"hidden_states": torch.zeros(batch, config.get("in_channels", 16), size, size, device=device),
@@ -29,12 +31,25 @@ class SD3Family(BlockFamily):
                 "pooled_projections": torch.zeros(batch, config.get("pooled_projection_dim", 2048), device=device),
                 "timestep": torch.ones(batch, device=device)}
 
+    def predict(self, module, sample, timestep, conditioning):
+        return module(hidden_states=sample, timestep=timestep, encoder_hidden_states=conditioning.embeds,
+                      pooled_projections=conditioning.pooled).sample
+
     def student_config(self, config: dict, kept: dict[str, list[int]]) -> dict:
         student = super().student_config(config, kept)
         dual = set(config.get("dual_attention_layers") or ())
         if dual:
             student["dual_attention_layers"] = [j for j, k in enumerate(kept["block"]) if k in dual]
         return student
+
+    def cost_correction(self, config: dict, remove: list[str], metric: str, units: dict) -> int:
+        """Removing the last block makes the last kept one text-free: it then costs what the teacher's last does."""
+        count = int(config["num_layers"])
+        last = f"block{count - 1}"
+        if last not in remove:
+            return 0
+        kept = max(k for k in range(count) if f"block{k}" not in remove)
+        return getattr(units[last], metric) - getattr(units[f"block{kept}"], metric)
 
     def block_map(self, stack: Stack, j: int, k: int, student_count: int, teacher_count: int) -> dict[str, str]:
         entries = super().block_map(stack, j, k, student_count, teacher_count)

@@ -124,6 +124,9 @@ class UNetFamily(Family):
     tokens = 77
     granularities = ("block", "pair", "stage")
     free_plans = True
+    runs_pipelines = True
+    space = "layout"
+    proxy_sweeps = True
 
     def __repr__(self) -> str:
         return "<family unet>"
@@ -167,6 +170,9 @@ class UNetFamily(Family):
                 "time_ids": torch.zeros(batch, time_ids, device=device),
             }
         return inputs
+
+    def predict(self, module, sample, timestep, conditioning):
+        return module(sample, timestep, **conditioning.unet_kwargs()).sample
 
     def add_units(self, b, unet, granularity: str) -> None:
         sample = int(unet.config.sample_size)
@@ -220,6 +226,14 @@ class UNetFamily(Family):
         from prunekit.surgery import student_config
 
         return student_config(teacher_config, remove)
+
+    def feature_pairs(self, student, teacher, weight_map: dict[str, str], layers: str) -> list[tuple[str, str]]:
+        from prunekit.distill.features import unet_feature_pairs
+
+        return unet_feature_pairs(student, teacher, weight_map, layers=layers)
+
+    def feature(self, path: str, output):
+        return output if isinstance(output, torch.Tensor) else output[0]
 
     def presets(self, config: dict) -> dict:
         from prunekit.plan import unet_presets

@@ -9,6 +9,8 @@
   pairs (depths, the one-resnet mid block) are offered only where the objective scores their units
   (`scorable`), so a pair-granularity sweep plans as before. Which choices fit is read off the units'
   channels (the rule surgery's shape check enforces), so checking a candidate costs nothing.
+- `diffusers` for a transformer (`BlockSpace`): any set of whole blocks, every stack keeping at least one (its
+  student keeps the rest in order: prunekit.families.blocks).
 - `free` (`FreeSpace`): any set of the top-level units of one granularity (block: resnets, attentions,
   samplers and the parts of the mid block; pair: pairs, samplers and the mid block). The student keeps
   prunekit's stand-ins (prunekit.students), so it needs prunekit to load.
@@ -421,10 +423,84 @@ class FreeSpace(Space):
         return frozenset(name for name in self.order if trial.suggest_categorical(name, [False, True]))
 
 
+class BlockSpace(Space):
+    """A transformer's diffusers plans: any set of whole blocks, every stack keeping one (see the module
+    docstring). Costs add up over the blocks, with the family's correction where removing a block changes a kept
+    one (SD3's new last block drops its text half)."""
+
+    kind = "diffusers"
+
+    def __init__(self, teacher_config: dict, scorable: Callable[[str], bool] = lambda name: True):
+        from prunekit.families import family_of
+
+        super().__init__(teacher_config)
+        self.family = family_of(teacher_config)
+        blocks = enumerate_units(teacher_config, "pair", costs=False)  # whole blocks, in forward order
+        self.order = [u.name for u in blocks]
+        self.stacks: dict[str, list[str]] = {}
+        for unit in blocks:
+            self.stacks.setdefault(unit.stage, []).append(unit.name)
+
+    def _fits(self, state: frozenset) -> bool:
+        return all(any(name not in state for name in names) for names in self.stacks.values())
+
+    def full(self) -> frozenset:
+        return frozenset()
+
+    def remove(self, state: frozenset) -> list[str]:
+        return [name for name in self.order if name in state]
+
+    def additive_fraction(self, remove: list[str], metric: str) -> float:
+        correction = self.family.cost_correction(self.config, remove, metric, self.units)
+        return super().additive_fraction(remove, metric) + correction / getattr(self.teacher, metric)
+
+    def removals(self, state: frozenset) -> list[frozenset]:
+        return [state | {name} for name in self.order if name not in state and self._fits(state | {name})]
+
+    def restorations(self, state: frozenset) -> list[frozenset]:
+        return [state - {name} for name in self.order if name in state]
+
+    def smallest(self, metric: str) -> frozenset:
+        """Every stack down to its cheapest block."""
+        kept = {min(names, key=lambda name: (getattr(self.units[name], metric), name))
+                for names in self.stacks.values()}
+        return frozenset(name for name in self.order if name not in kept)
+
+    def removable(self) -> list[str]:
+        return list(self.order)
+
+    def size(self) -> int:
+        return math.prod(2 ** len(names) - 1 for names in self.stacks.values())
+
+    def _repaired(self, state: frozenset) -> frozenset:
+        """`state`, with a stack that would lose every block keeping its first."""
+        return state - {names[0] for names in self.stacks.values() if all(name in state for name in names)}
+
+    def states(self):
+        for chosen in itertools.product([False, True], repeat=len(self.order)):
+            state = frozenset(name for name, gone in zip(self.order, chosen) if gone)
+            if self._fits(state):
+                yield state
+
+    def sample(self, rng) -> frozenset:
+        return self._repaired(frozenset(name for name in self.order if rng.random() < 0.5))
+
+    def suggest(self, trial) -> frozenset:
+        """A state sampled by an Optuna trial: for each block, whether it goes (a stack keeps its first, if none)."""
+        return self._repaired(frozenset(name for name in self.order if trial.suggest_categorical(name, [False, True])))
+
+    def undominated(self, metrics: list[str], unit_loss: Callable[[str], float]) -> BlockSpace:
+        return self
+
+
 def make_space(kind: str, teacher_config: dict, granularity: str = "block",
                scorable: Callable[[str], bool] = lambda name: True) -> Space:
     """The plans of `kind` ('diffusers', offering finer choices where `scorable` says the objective scores their
-    units, or 'free' over the units of `granularity`)."""
+    units, or 'free' over the units of `granularity`); a transformer's diffusers plans are sets of blocks."""
+    from prunekit.families import family_of
+
     if kind not in KINDS:
         raise PrunekitError(f"unknown plan kind {kind!r}: use one of {', '.join(KINDS)}.")
-    return DiffusersSpace(teacher_config, scorable) if kind == "diffusers" else FreeSpace(teacher_config, granularity)
+    if kind == "free":
+        return FreeSpace(teacher_config, granularity)
+    return {"layout": DiffusersSpace, "blocks": BlockSpace}[family_of(teacher_config).space](teacher_config, scorable)

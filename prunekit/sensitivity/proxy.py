@@ -139,7 +139,8 @@ def fixed_timesteps(count: int, train_steps: int) -> list[int]:
     return [(2 * k + 1) * train_steps // (2 * count) for k in range(count)]
 
 
-def _noise(seed: int, index: int, shape: torch.Size) -> torch.Tensor:
+def latent_noise(seed: int, index: int, shape: torch.Size) -> torch.Tensor:
+    """Calibration latent `index`'s fixed noise (seeded apart from the generations' noise)."""
     state = int(np.random.SeedSequence([seed, index, NOISE_STREAM]).generate_state(1)[0])
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(state))
 
@@ -157,7 +158,7 @@ class Proxy:
         size = batch_size or len(latents)
         for start in range(0, len(latents), size):
             clean = latents[start:start + size].float().cpu()
-            noise = torch.stack([_noise(seed, i, clean.shape[1:]) for i in range(start, start + len(clean))])
+            noise = torch.stack([latent_noise(seed, i, clean.shape[1:]) for i in range(start, start + len(clean))])
             steps = torch.tensor(self.timesteps[start:start + size])
             alpha = alphas_cumprod.float().cpu()[steps].view(-1, 1, 1, 1)
             noisy = (alpha.sqrt() * clean + (1 - alpha).sqrt() * noise).to(device, dtype)

@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 from prunekit.conditioning import encode
 from prunekit.ablation import ablate
 from prunekit import worlds
+from prunekit.families import denoiser_of
 from prunekit.generate import image_seeds
 from prunekit.metrics import clip_score
 from prunekit.graph import Unit
+from prunekit.errors import PrunekitError
 from prunekit.models import Model
 from prunekit.options import merged
 from prunekit.rundir import RunDir
@@ -93,7 +95,7 @@ def sensitivity(model: str | Model, out: str = "runs/sensitivity", options: Swee
         run.write_record(record)
     mine = todo[state.process_index::state.num_processes]
     if mine or main:
-        measure_baseline = _proxy if settings.mode == "proxy" else _full
+        measure_baseline = {"proxy": _proxy, "cosine": _criteria, "mse": _criteria}.get(settings.mode, _full)
         baseline, measure = measure_baseline(settings, pipe, clip, run, main)
         for warning in baseline_warnings(settings, baseline):
             say(f"warning: {warning}")
@@ -220,7 +222,7 @@ class _FullMeasure:
         self.settings, self.pipe, self.sampler, self.scorer, self.run = settings, pipe, sampler, scorer, run
 
     def _sample(self, unit: Unit, indices: list[int]):
-        with ablate(self.pipe.unet, unit):
+        with ablate(denoiser_of(self.pipe), unit):
             latents = self.sampler.latents(indices)
         return latents, self.sampler.images(latents)
 
@@ -266,11 +268,9 @@ def _full(settings: Settings, pipe, clip, run: RunDir, main: bool):
     return baseline, _FullMeasure(settings, pipe, sampler, scorer, run)
 
 
-def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
-    """The proxy's clean latents and the intact U-Net's activations on them; a function that scores one
-    ablated unit and returns its metric columns and each latent's eps_mse."""
-    from prunekit.sensitivity.proxy import Proxy
-
+def _calibration(settings: Settings, pipe, run: RunDir, main: bool):
+    """The latents (the baseline's generations, or the prompts' reference images encoded) that latent modes
+    score, with their prompts' conditioning; the baseline's images are kept for the report."""
     prompts = list(settings.prompts)
     if settings.proxy_latents == "baseline":
         sampler = _sampler(settings, pipe)
@@ -278,9 +278,16 @@ def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
         if main:
             run.save_prompts(prompts)
             run.save_images("baseline", sampler.images(latents[:THUMBNAILS]))
-    else:
-        latents = _reference_latents(pipe, prompts, settings.batch_size)
-        conditioning, _ = encode(pipe, prompts)
+        return latents, conditioning
+    return _reference_latents(pipe, prompts, settings.batch_size), encode(pipe, prompts)[0]
+
+
+def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
+    """The proxy's clean latents and the intact U-Net's activations on them; a function that scores one
+    ablated unit and returns its metric columns and each latent's eps_mse."""
+    from prunekit.sensitivity.proxy import Proxy
+
+    latents, conditioning = _calibration(settings, pipe, run, main)
     proxy = Proxy(pipe.unet, latents, conditioning, settings.timesteps, pipe.scheduler.alphas_cumprod, settings.seed,
                   settings.batch_size)
 
@@ -291,6 +298,43 @@ def _proxy(settings: Settings, pipe, clip, run: RunDir, main: bool):
         return {"eps_mse": value, "sensitivity": value}, errors
 
     return {"timesteps": sorted(set(proxy.timesteps))}, measure
+
+
+def _criteria(settings: Settings, pipe, clip, run: RunDir, main: bool):
+    """One intact pass over the calibration latents, noised at fixed levels of the pipeline's training noise,
+    scoring every unit by `cosine` or `mse` (prunekit.sensitivity.criteria); a function that reads off one."""
+    from prunekit.families import config_of, family_of
+    from prunekit.schedules import noising_for
+    from prunekit.sensitivity.criteria import BlockScores
+    from prunekit.sensitivity.proxy import latent_noise
+
+    latents, conditioning = _calibration(settings, pipe, run, main)
+    denoiser, noising = denoiser_of(pipe), noising_for(pipe.scheduler)
+    grid = noising.levels(settings.timesteps)
+    levels = grid[torch.arange(len(latents)) % settings.timesteps]
+    size = settings.batch_size or len(latents)
+
+    def batches():
+        for start in range(0, len(latents), size):
+            clean = latents[start:start + size].float().cpu()
+            noise = torch.stack([latent_noise(settings.seed, i, clean.shape[1:])
+                                 for i in range(start, start + len(clean))])
+            level = levels[start:start + size]
+            noisy = noising.noisy(clean, noise, level).to(pipe.device, denoiser.dtype)
+            yield noisy, noising.model_timestep(level).to(pipe.device), conditioning[start:start + size]
+
+    scores = BlockScores(denoiser, family_of(config_of(denoiser)), list(settings.units), batches())
+    column = settings.sensitivity_rule()
+
+    def measure(unit: Unit) -> tuple[dict, torch.Tensor]:
+        values = scores(unit, settings.mode)
+        if values is None:
+            raise PrunekitError(f"{unit.name}'s stand-in changes the shape of what passes through it, so {column} "
+                                "cannot compare the two: sweep it in full mode.")
+        value = float(values.mean())
+        return {column: value, "sensitivity": value}, values
+
+    return {"levels": [float(level) for level in grid]}, measure
 
 
 @torch.no_grad()

@@ -16,15 +16,18 @@ import torch
 
 from prunekit import worlds
 from prunekit.conditioning import check_supported
+from prunekit.families import family_of
 from prunekit.errors import PrunekitError
 from prunekit.graph import GRANULARITIES, Unit, enumerate_units
 from prunekit.metrics import METRICS, check_metrics, choose_clip
-from prunekit.models import Model, build_unet_meta, resolve_model
+from prunekit.models import Model, build_meta, resolve_model
 from prunekit.options import check_choice, check_count, check_number, resolve_device
 from prunekit.rundir import NOT_COMPARED, UNIT_COLUMNS, RunRecord
 from prunekit.worlds import Judge
 
-MODES = ("full", "proxy")
+MODES = ("full", "proxy", "cosine", "mse")
+LATENT_MODES = ("proxy", "cosine", "mse")  # modes that score calibration latents, generating nothing per unit
+MODE_COLUMNS = {"proxy": "eps_mse", "cosine": "block_cosine", "mse": "block_mse"}  # prunekit.sensitivity.criteria
 INITS = ("pretrained", "random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROXY_LATENTS = ("baseline", "rendered")
@@ -68,11 +71,11 @@ class SweepOptions:
         check_count("batch_size", self.batch_size, optional=True)
         check_count("seed", self.seed, minimum=0)
         check_number("guidance", self.guidance, minimum=1, optional=True)
-        if self.mode == "proxy" and self.metrics is not None:
-            raise PrunekitError("proxy mode scores by noise-prediction error (eps_mse) only: leave out --metrics, "
+        if self.mode in LATENT_MODES and self.metrics is not None:
+            raise PrunekitError(f"{self.mode} mode scores by {MODE_COLUMNS[self.mode]} only: leave out --metrics, "
                                 "or use --mode full.")
-        if self.mode == "proxy" and self.race:
-            raise PrunekitError("a proxy sweep costs one U-Net pass per unit: --race is for full mode.")
+        if self.mode in LATENT_MODES and self.race:
+            raise PrunekitError(f"a {self.mode} sweep costs at most one pass per unit: --race is for full mode.")
 
     def extending(self, record: RunRecord | None, given: set[str]) -> tuple[SweepOptions, dict]:
         """These options made to extend the run of `record` (a run directory's run.json): every setting not in
@@ -135,16 +138,16 @@ class Settings:
     def columns(self) -> list[str]:
         """sensitivity.csv's columns, in order."""
         columns = list(UNIT_COLUMNS) + [c for metric in self.metrics for c in self.metric_columns(metric)]
-        if self.mode == "proxy":
-            columns.append("eps_mse")
+        if self.mode in MODE_COLUMNS:
+            columns.append(MODE_COLUMNS[self.mode])
         if self.init == "random":
             columns.append("init")
         return columns + ["sensitivity", "sensitivity_low", "sensitivity_high", "prompts"]
 
     def sensitivity_rule(self) -> str:
         """What the `sensitivity` column holds (larger = more harmful to remove)."""
-        if self.mode == "proxy":
-            return "eps_mse"
+        if self.mode in MODE_COLUMNS:
+            return MODE_COLUMNS[self.mode]
         for metric, rule in SENSITIVITY_RULES:
             if metric == "judge" and self.judge is not None and self.judge.metric in self.metrics:
                 return f"-delta_{self.judge.prefix}{self.judge.headline}"
@@ -154,7 +157,7 @@ class Settings:
 
     def args(self) -> dict:
         """The arguments as run.json records them (those that do not apply to the mode are None)."""
-        proxy = self.mode == "proxy"
+        proxy = self.mode in LATENT_MODES
         return {"model": self.model.name, "granularity": self.granularity, "mode": self.mode,
                 "metrics": None if proxy else list(self.metrics), "prompts": self.prompt_source,
                 "num_prompts": len(self.prompts), "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
@@ -171,12 +174,18 @@ class Settings:
                          "cleared its neighbours' (the prompts column says how many it took).")
         if self.init == "random":
             notes.append("random weights (--init random): for timing only; the scores mean nothing.")
+        source = ("the baseline's generations" if self.proxy_latents == "baseline"
+                  else "the prompts' own reference images, VAE-encoded")
         if self.mode == "proxy":
-            source = ("the baseline's generations" if self.proxy_latents == "baseline"
-                      else "the prompts' own reference images, VAE-encoded")
             notes.append(f"proxy mode: eps_mse is the mean squared difference of the ablated and intact U-Nets' noise "
                          f"predictions on {source}, each noised at one of {self.timesteps} fixed timesteps "
                          "(LAPTOP-Diff's output criterion); no images are generated per unit.")
+        if self.mode in ("cosine", "mse"):
+            what = ("one minus the cosine similarity of" if self.mode == "cosine" else
+                    "the mean squared difference of")
+            notes.append(f"{self.mode} mode: {MODE_COLUMNS[self.mode]} is {what} each unit's output and what its "
+                         f"stand-in returns for the same input (a block's input), in one intact pass over {source}, "
+                         f"each noised at one of {self.timesteps} fixed levels (prunekit.sensitivity.criteria).")
         if {"teacher", "fid"} & set(self.metrics):
             notes.append("latent_mse, psnr, ssim and fid compare each ablation with the baseline's outputs for the "
                          "same noise, so they have no delta column.")
@@ -243,12 +252,12 @@ def _units(config: dict, granularity: str, names: list[str] | None) -> tuple[Uni
 
     if names is None:
         return tuple(enumerate_units(config, granularity))
-    return tuple(resolve(build_unet_meta(config), names))
+    return tuple(resolve(build_meta(config), names))
 
 
 def _metrics(options: SweepOptions, judge: Judge | None) -> tuple[str, ...]:
     """The metric names of a full sweep; a judge's metric stands for itself in the names."""
-    if options.mode == "proxy":
+    if options.mode in LATENT_MODES:
         return ()
     if options.metrics is None:
         if options.init == "random":
@@ -276,7 +285,7 @@ def resolve(model: str | Model, out: str, options: SweepOptions) -> Settings:
     if "fid" in chosen and len(texts) < 2:
         raise PrunekitError("FID needs at least 2 prompts: raise --num-prompts.")
     proxy_latents = None
-    if options.mode == "proxy":
+    if options.mode in LATENT_MODES:
         references = worlds.references(texts) is not None
         proxy_latents = options.proxy_latents or ("rendered" if references else "baseline")
         if proxy_latents == "rendered" and not references:
@@ -287,6 +296,10 @@ def resolve(model: str | Model, out: str, options: SweepOptions) -> Settings:
                                 f"least {options.timesteps} prompts, or fewer --timesteps.")
     clip_model = choose_clip(options.clip_model, model.card, texts) if {"clip", "fid"} & set(chosen) else None
     check_supported(model.config, model.name)
+    family = family_of(model.config)
+    if options.mode == "proxy" and not family.proxy_sweeps:
+        raise PrunekitError(f"proxy mode runs U-Nets block by block; a {family.classes[0]} sweeps in full mode: "
+                            "use --mode full.")
     selected = _units(model.config, options.granularity, _names(options.units))
     guidance = model.card.guidance if options.guidance is None else float(options.guidance)
     return Settings(model, str(out), options.granularity, options.mode, chosen,

@@ -9,10 +9,17 @@ tiny-sdxl's U-Net keeps SDXL's (a DownBlock2D then two CrossAttnDownBlock2D with
 the mirror up blocks, the mid block, linear projections, `text_time` micro-conditioning), so every unit name
 of sdxl-base exists in it. It reads two text encoders concatenated, tiny-sd's and tiny-clip's text tower with
 its projection (whose pooled output is the added text embedding), and samples with SDXL's Euler scheduler.
+
+tiny-sd3's transformer keeps SD3-medium's (24 joint blocks, the last text-free, patch 2, sinusoidal positions,
+pooled text through the time embedding), so every unit name of sd3-medium exists in it. It reads two CLIP
+text encoders with projection, tiny-clip's text tower and tiny-sd's (given an identity projection), and no
+T5; it trains and samples with flow matching (FlowMatchEulerDiscreteScheduler).
 """
 from __future__ import annotations
 
-from diffusers import (AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+import torch
+from diffusers import (AutoencoderKL, DDPMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler,
+                       PNDMScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline, StableDiffusionPipeline,
                        StableDiffusionXLPipeline, UNet2DConditionModel)
 from transformers import (CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
                           CLIPTokenizer)
@@ -100,6 +107,40 @@ def sdxl_pipeline(vae_model: AutoencoderKL, text_model: CLIPTextModel, text_mode
     return StableDiffusionXLPipeline(vae=vae_model, text_encoder=text_model, text_encoder_2=text_model_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet_model, scheduler=scheduler,
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
+
+
+def sd3_transformer(text_widths: tuple[int, int], pooled_width: int, width: int = 64, heads: int = 2,
+                    layers: int = 24) -> SD3Transformer2DModel:
+    """SD3-medium's MMDiT topology (`layers` joint blocks, the last text-free) over 4x16x16 latents in 2x2
+    patches, `width` wide in `heads` heads, attending to two text encoders `text_widths` wide (concatenated)
+    and conditioned on their pooled embeddings (`pooled_width`, concatenated)."""
+    return SD3Transformer2DModel(sample_size=LATENT_SIZE, patch_size=2, in_channels=4, out_channels=4,
+                                 num_layers=layers, attention_head_dim=width // heads, num_attention_heads=heads,
+                                 joint_attention_dim=sum(text_widths), caption_projection_dim=width,
+                                 pooled_projection_dim=pooled_width, pos_embed_max_size=LATENT_SIZE // 2)
+
+
+def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """SD3's flow-matching Euler scheduler, unshifted (SD3 shifts by 3 at 1024 px; 64 px needs none)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+
+
+def sd3_pipeline(vae_model: AutoencoderKL, text_model: CLIPTextModelWithProjection,
+                 text_model_2: CLIPTextModelWithProjection, tokenizer: CLIPTokenizer,
+                 transformer: SD3Transformer2DModel) -> StableDiffusion3Pipeline:
+    """A complete StableDiffusion3Pipeline around the parts (one tokenizer for both encoders, no T5)."""
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=flow_scheduler(), vae=vae_model,
+                                    text_encoder=text_model, tokenizer=tokenizer, text_encoder_2=text_model_2,
+                                    tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None)
+
+
+def with_identity_projection(text_model: CLIPTextModel) -> CLIPTextModelWithProjection:
+    """`text_model` as a CLIPTextModelWithProjection whose projection is the identity (pooled text as it is)."""
+    projected = CLIPTextModelWithProjection(text_model.config)
+    projected.text_model.load_state_dict(text_model.state_dict())
+    with torch.no_grad():
+        projected.text_projection.weight.copy_(torch.eye(*projected.text_projection.weight.shape))
+    return projected
 
 
 def train_scheduler() -> DDPMScheduler:

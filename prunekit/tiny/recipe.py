@@ -29,6 +29,7 @@ BASE = [*SHARED, "--seed", "0", "--vae-shape-weight", "5", "--decoder-overshoot"
 TUNING = [*SHARED, "--seed", "1", "--tune-guidance", "7.5", "--tune-guidance-like", "3"]
 XL_BASE = [*GUIDED, "--seed", "0", "--sdxl", "--init", str(ASSETS / "tiny-sd"), "--clip", str(ASSETS / "tiny-clip")]
 XL_TUNING = [*GUIDED, "--seed", "1", "--tune-guidance", "7.5", "--tune-guidance-like", "3"]
+SD3_BASE = [*GUIDED, "--seed", "0", "--sd3", "--init", str(ASSETS / "tiny-sd"), "--clip", str(ASSETS / "tiny-clip")]
 FULL_UNET = ["--unet-steps", "2000", "--unet-stop-step", "1000", "--unet-warmup", "150", "--unet-lr", "1e-3"]
 FULL_TUNING = ["--unet-steps", "400", "--unet-warmup", "50", "--unet-lr", "5e-4"]
 LENGTHS = {
@@ -36,8 +37,10 @@ LENGTHS = {
     ("tiny-sd", "smoke"): ([*BASE, "--decoder-steps", "2", "--unet-batch", "8"], [*TUNING, "--unet-batch", "8"]),
     ("tiny-sdxl", "full"): ([*XL_BASE, *FULL_UNET], [*XL_TUNING, *FULL_TUNING]),
     ("tiny-sdxl", "smoke"): ([*XL_BASE, "--unet-batch", "8"], [*XL_TUNING, "--unet-batch", "8"]),
+    ("tiny-sd3", "full"): ([*SD3_BASE, *FULL_UNET], [*XL_TUNING, *FULL_TUNING]),
+    ("tiny-sd3", "smoke"): ([*SD3_BASE, "--unet-batch", "8"], [*XL_TUNING, "--unet-batch", "8"]),
 }
-MODELS = ("tiny-sd", "tiny-sdxl")
+MODELS = ("tiny-sd", "tiny-sdxl", "tiny-sd3")
 
 
 def run_arguments(out: Path, preset: str, extra: list[str], model: str = "tiny-sd") -> tuple[list[str], list[str]]:

@@ -21,7 +21,9 @@ from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer
 from prunekit.shapes import judge as attributes
 from prunekit.shapes import data as shapes
 from prunekit.conditioning import Conditioning
+from prunekit.families import config_of, family_of
 from prunekit.guidance_tuning import TunedGuidance
+from prunekit.schedules import DDPMNoising
 from prunekit.tiny.architecture import train_scheduler
 
 
@@ -282,8 +284,8 @@ class AttributeProbe(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
-def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel | None, tokenizer: CLIPTokenizer,
-               latents: torch.Tensor, images: Images, *, frozen: Conditioning | None = None, steps: int,
+def train_unet(unet: torch.nn.Module, text_model: CLIPTextModel | None, tokenizer: CLIPTokenizer,
+               latents: torch.Tensor, images: Images, *, frozen: Conditioning | None = None, noising=None, steps: int,
                batch_size: int, lr: float, warmup: int,
                caption_dropout: float, min_snr_gamma: float, ema_decay: float, probe_weight: float, seed: int,
                device: torch.device, overshoot: float = 1.0, overshoot_shape_only: bool = False,
@@ -291,12 +293,13 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel | None, tok
                snapshot: Callable[[UNet2DConditionModel, CLIPTextModel, int], None], snapshot_minutes: float,
                max_minutes: float | None, stop_step: int | None = None) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train the U-Net and its text encoder jointly from scratch with SD's noise schedule; or, with `frozen` (the
-    conditioning of every caption and last of the unconditional branch, tiny-sdxl's frozen text encoders) and no
-    `text_model`, the U-Net alone.
+    conditioning of every caption and last of the unconditional branch, tiny-sdxl's and tiny-sd3's frozen text
+    encoders) and no `text_model`, the denoiser alone (a U-Net or a transformer: its family calls it). `noising`
+    (prunekit.schedules) is what it learns to predict: SD's DDPM noising by default, flow matching for tiny-sd3.
 
     `latents` are scaled latents, one per example of `images` (whose labels give the captions). A
     `caption_dropout` fraction of captions becomes the empty string, for classifier-free guidance. The
-    per-sample loss is weighted by min(SNR, gamma) / SNR (min-SNR weighting, Hang et al. 2023). With
+    per-sample loss is weighted by the noising's weights (DDPM: min(SNR, gamma) / SNR, Hang et al. 2023). With
     `probe_weight` > 0, an `AttributeProbe` loss on the captioned examples is added at that weight. With
     `overshoot` S > 1, every other clean latent is pushed from the mean latent by a factor in [1, S] before
     noising: guidance at 7.5 drives samples out there, and a U-Net that never saw such latents turns their
@@ -311,8 +314,8 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel | None, tok
     `ema_decay` is 0); `snapshot` receives them every `snapshot_minutes`; training stops early once
     `max_minutes` have passed, or after `stop_step` steps of the `steps`-step learning-rate schedule.
     """
-    scheduler = train_scheduler()
-    alphas = scheduler.alphas_cumprod.to(device)
+    noising = noising or DDPMNoising(train_scheduler())
+    family = family_of(config_of(unet))
     generator = torch.Generator().manual_seed(seed)
     noise_generator = torch.Generator(device).manual_seed(seed + 1)
     ids = token_ids(tokenizer, images.captions + [""], device)
@@ -340,26 +343,26 @@ def train_unet(unet: UNet2DConditionModel, text_model: CLIPTextModel | None, tok
         index = torch.randint(len(latents), (batch_size,), generator=generator)
         labels = images.labels[index].clone()
         labels[torch.rand(batch_size, generator=generator) < caption_dropout] = empty
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
+        timesteps = noising.sample(batch_size, generator)
         index, labels, timesteps = index.to(device), labels.to(device), timesteps.to(device)
         clean = latents[index]
         noise = training_noise(clean.shape, offset_noise, noise_generator, device)
         where = masks[index.cpu()].to(device) if masks is not None else None
         pushed = overshoot_latents(clean, center, overshoot, generator, where) if overshoot > 1 else clean
-        noisy = scheduler.add_noise(pushed, noise, timesteps)
+        noisy = noising.noisy(pushed, noise, timesteps)
+        model_t = noising.model_timestep(timesteps)
         with autocast(device, bf16):
             context = conditioning(labels)
-            pred = unet(noisy, timesteps, **context.unet_kwargs()).sample.float()
+            pred = family.predict(unet, noisy, model_t, context).float()
         captioned = labels != empty
-        target = noise
+        target = noising.target(pushed, noise, timesteps)
         if tuned is not None and captioned.any():
             with torch.no_grad(), autocast(device, bf16):
                 unconditional = conditioning(torch.full((int(captioned.sum()),), empty, device=device))
-                unguided = unet(noisy[captioned], timesteps[captioned], **unconditional.unet_kwargs()).sample.float()
-            target = noise.clone()
-            target[captioned] = tuned.target(noise[captioned], unguided)
-        snr = alphas[timesteps] / (1 - alphas[timesteps])
-        weight = snr.clamp(max=min_snr_gamma) / snr
+                unguided = family.predict(unet, noisy[captioned], model_t[captioned], unconditional).float()
+            target = target.clone()
+            target[captioned] = tuned.target(target[captioned], unguided)
+        weight = noising.weight(timesteps, min_snr_gamma)
         loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         probed = {}
         if probe is not None and captioned.any():

@@ -16,6 +16,10 @@ at S, and records that in the pipeline's prunekit.json (prunekit.guidance_tuning
 `--sdxl --init TINY_SD --clip TINY_CLIP` makes tiny-sdxl instead: tiny-sd's VAE, tokenizer and text encoder and
 tiny-clip's text tower with its projection, frozen, around a new U-Net of SDXL's topology, which alone trains
 (saved to DIR/tiny-sdxl); `--init` of a saved tiny-sdxl continues its U-Net.
+`--sd3 --init TINY_SD --clip TINY_CLIP` makes tiny-sd3: the same VAE and tokenizer, tiny-clip's text tower and
+tiny-sd's text encoder (given an identity projection) as SD3's two CLIP encoders, frozen, no T5, and a new
+transformer of SD3-medium's topology trained with flow matching (saved to DIR/tiny-sd3); `--init` of a saved
+tiny-sd3 continues its transformer.
 The shipped models come from two runs of this command each: prunekit.tiny.recipe.
 """
 from __future__ import annotations
@@ -32,12 +36,13 @@ from pathlib import Path
 import diffusers
 import torch
 import transformers
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
 from transformers import CLIPImageProcessor, CLIPProcessor, CLIPTextModel, CLIPTextModelWithProjection
 
 from prunekit.conditioning import Conditioning, encode
 from prunekit.guidance_tuning import TunedGuidance
 from prunekit.card import ModelCard
+from prunekit.schedules import FlowMatching
 from prunekit.tiny import architecture, stages
 from prunekit.tiny.tokenizer import build_tokenizer, save_tokenizer
 
@@ -59,7 +64,8 @@ PRESETS = {
     },
 }
 DEFAULTS = {
-    "init": None, "fresh_unet": False, "sdxl": False, "clip": None, "seed": 0, "device": "cpu", "precision": "fp32",
+    "init": None, "fresh_unet": False, "sdxl": False, "sd3": False, "clip": None, "seed": 0, "device": "cpu",
+    "precision": "fp32",
     "threads": None,
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
@@ -80,7 +86,10 @@ def parse_args(argv: list[str] | None = None) -> dict:
                         help="with --init: keep its VAE and text encoder but train a new U-Net from scratch")
     parser.add_argument("--sdxl", action="store_true", default=None,
                         help="make tiny-sdxl: --init's tiny-sd parts and --clip's text tower around a new SDXL U-Net")
-    parser.add_argument("--clip", help="with --sdxl: the tiny-clip whose text tower is tiny-sdxl's second encoder")
+    parser.add_argument("--sd3", action="store_true", default=None,
+                        help="make tiny-sd3: --init's tiny-sd parts and --clip's text tower around a new SD3 "
+                             "transformer, trained with flow matching")
+    parser.add_argument("--clip", help="with --sdxl or --sd3: the tiny-clip whose text tower the model reads")
     parser.add_argument("--seed", type=int, help="seed of every random choice (default 0)")
     parser.add_argument("--device", help="cpu (default) or cuda")
     parser.add_argument("--precision", choices=["bf16", "fp32"], help="fp32 (default; faster on CPU) or bf16 autocast")
@@ -128,8 +137,12 @@ def parse_args(argv: list[str] | None = None) -> dict:
                                                            "stopped part-way)")
     parser.add_argument("--log-every", type=int, help="steps between progress lines")
     given = {key: value for key, value in vars(parser.parse_args(argv)).items() if value is not None}
-    if given.get("sdxl") and not ("init" in given and "clip" in given):
-        parser.error("--sdxl needs --init (the tiny-sd whose VAE and text encoder it takes) and --clip (tiny-clip)")
+    for flag in ("sdxl", "sd3"):
+        if given.get(flag) and not ("init" in given and "clip" in given):
+            parser.error(f"--{flag} needs --init (the tiny-sd whose VAE and text encoder it takes) and --clip "
+                         "(tiny-clip)")
+    if given.get("sdxl") and given.get("sd3"):
+        parser.error("--sdxl and --sd3 make different models: give one of them")
     if given.get("fresh_unet") and "init" not in given:
         parser.error("--fresh-unet needs --init: it keeps that pipeline's VAE and text encoder")
     if given.get("unet_overshoot_shape_only") and given.get("unet_overshoot", 1.0) <= 1:
@@ -167,20 +180,15 @@ def save_clip(model, tokenizer, directory: Path) -> None:
     save_replacing(directory, save)
 
 
-def save_pipeline(vae, text_model, tokenizer, unet, directory: Path, tuned: TunedGuidance | None = None,
-                  text_model_2=None) -> None:
-    """The StableDiffusionPipeline directory (StableDiffusionXLPipeline with `text_model_2`; safetensors),
-    tokenizer(s) with vocab.json and merges.txt, and the model card (prunekit.card): the shapes world's prompts,
-    data and CLIP model; a guidance-tuned U-Net's card records its tuning and takes its tuned scale as the
-    default."""
+def save_pipeline(pipe, tokenizer, directory: Path, tuned: TunedGuidance | None = None) -> None:
+    """The pipeline's directory (safetensors), each tokenizer with vocab.json and merges.txt, and the model card
+    (prunekit.card): the shapes world's prompts, data and CLIP model; a guidance-tuned denoiser's card records
+    its tuning and takes its tuned scale as the default."""
     def save(path: Path) -> None:
-        if text_model_2 is None:
-            pipe = architecture.pipeline(vae, text_model, tokenizer, unet)
-        else:
-            pipe = architecture.sdxl_pipeline(vae, text_model, text_model_2, tokenizer, unet)
         pipe.save_pretrained(path, safe_serialization=True)
-        for folder in ("tokenizer",) + (("tokenizer_2",) if text_model_2 is not None else ()):
-            save_tokenizer(tokenizer, path / folder)
+        for folder in ("tokenizer", "tokenizer_2"):
+            if getattr(pipe, folder, None) is not None:
+                save_tokenizer(tokenizer, path / folder)
         (replace(CARD, guidance=tuned.scale, tuned=tuned) if tuned else CARD).write(path)
 
     save_replacing(directory, save)
@@ -190,9 +198,9 @@ def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def sdxl_parts(args: dict, device: torch.device):
-    """tiny-sdxl's frozen VAE (on `device`) and text encoders, and its U-Net: a new one (--sdxl, from tiny-sd's
-    parts and tiny-clip's text tower) or the saved tiny-sdxl's that --init names."""
+def sdxl_parts(args: dict, device: torch.device, tokenizer):
+    """tiny-sdxl's frozen VAE (on `device`), its pipeline builder (U-Net -> pipeline) and its U-Net: a new one
+    (--sdxl, around tiny-sd's parts and tiny-clip's text tower) or the saved tiny-sdxl's that --init names."""
     source = Path(args["init"])
     if args["sdxl"]:
         vae, text_model, _ = load_parts(source, device)
@@ -203,22 +211,47 @@ def sdxl_parts(args: dict, device: torch.device):
     else:
         vae, text_model, unet = load_parts(source, device)
         text_model_2 = CLIPTextModelWithProjection.from_pretrained(source, subfolder="text_encoder_2")
-    return vae, text_model.eval().requires_grad_(False), text_model_2.eval().requires_grad_(False), unet
+    texts = [model.eval().requires_grad_(False) for model in (text_model, text_model_2)]
+    return vae, lambda denoiser: architecture.sdxl_pipeline(vae, *texts, tokenizer, denoiser), unet
 
 
-def frozen_conditioning(vae, text_model, text_model_2, tokenizer, unet, captions: list[str]) -> Conditioning:
-    """Each caption's conditioning as tiny-sdxl's pipeline encodes it, then the unconditional branch's (zeros)."""
-    pipe = architecture.sdxl_pipeline(vae, text_model, text_model_2, tokenizer, unet)
-    captioned, unconditional = encode(pipe, captions, negative=False, device=torch.device("cpu"))[0], \
-        encode(pipe, [""], negative=True, device=torch.device("cpu"))[1]
-    return Conditioning(*(torch.cat([a, b]) for a, b in zip((captioned.embeds, captioned.pooled, captioned.time_ids),
-                                                            (unconditional.embeds, unconditional.pooled,
-                                                             unconditional.time_ids))))
+def sd3_parts(args: dict, device: torch.device, tokenizer):
+    """tiny-sd3's frozen VAE (on `device`), its pipeline builder (transformer -> pipeline) and its transformer: a
+    new one (--sd3, around tiny-sd's VAE, tiny-clip's text tower and tiny-sd's text encoder) or the saved
+    tiny-sd3's that --init names."""
+    source = Path(args["init"])
+    if args["sd3"]:
+        vae, tiny_sd_text, _ = load_parts(source, device)
+        vae.register_to_config(shift_factor=0.0)  # SD3's pipeline shifts latents; tiny-sd's VAE needs none
+        texts = (CLIPTextModelWithProjection.from_pretrained(args["clip"]),
+                 architecture.with_identity_projection(tiny_sd_text))
+        torch.manual_seed(args["seed"] + 6)
+        transformer = architecture.sd3_transformer(tuple(t.config.hidden_size for t in texts),
+                                                   sum(t.config.projection_dim for t in texts))
+    else:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae").to(device).eval()
+        texts = tuple(CLIPTextModelWithProjection.from_pretrained(source, subfolder=folder)
+                      for folder in ("text_encoder", "text_encoder_2"))
+        transformer = SD3Transformer2DModel.from_pretrained(source, subfolder="transformer")
+    texts = [model.eval().requires_grad_(False) for model in texts]
+    return vae, lambda denoiser: architecture.sd3_pipeline(vae, *texts, tokenizer, denoiser), transformer
 
 
-def is_sdxl_pipeline(directory: str | None) -> bool:
-    return directory is not None and json.loads((Path(directory) / "model_index.json").read_text()).get(
-        "_class_name") == "StableDiffusionXLPipeline"
+def frozen_conditioning(pipe, captions: list[str]) -> Conditioning:
+    """Each caption's conditioning as the pipeline encodes it (its frozen text encoders), then the
+    unconditional branch's."""
+    captioned = encode(pipe, captions, negative=False, device=torch.device("cpu"))[0]
+    unconditional = encode(pipe, [""], negative=True, device=torch.device("cpu"))[1]
+    return Conditioning(*(None if a is None else torch.cat([a, b]) for a, b in zip(
+        (captioned.embeds, captioned.pooled, captioned.time_ids),
+        (unconditional.embeds, unconditional.pooled, unconditional.time_ids))))
+
+
+def pipeline_class(directory: str | None) -> str | None:
+    """The pipeline class a saved pipeline directory names (None without one)."""
+    if directory is None:
+        return None
+    return json.loads((Path(directory) / "model_index.json").read_text()).get("_class_name")
 
 
 def load_parts(pipeline_dir: Path, device: torch.device):
@@ -284,16 +317,20 @@ def main(argv: list[str] | None = None) -> dict:
     heldout_images = stages.Images("heldout", args["heldout_images"], seed + 1)
     log("images", train=len(train_images), heldout=len(heldout_images))
 
-    sdxl = args["sdxl"] or is_sdxl_pipeline(args["init"])
-    text_model_2 = frozen = None
-    if sdxl:
-        vae, text_model, text_model_2, unet = sdxl_parts(args, device)
+    family = args["init"] and pipeline_class(args["init"])
+    name = ("tiny-sd3" if args["sd3"] or family == "StableDiffusion3Pipeline" else
+            "tiny-sdxl" if args["sdxl"] or family == "StableDiffusionXLPipeline" else "tiny-sd")
+    frozen = build = noising = None
+    if name != "tiny-sd":
+        vae, build, unet = (sd3_parts if name == "tiny-sd3" else sdxl_parts)(args, device, tokenizer)
         pool = stages.encode_pool(vae, train_images, device)
         scaling = vae.config.scaling_factor
-        frozen = frozen_conditioning(vae.to("cpu"), text_model, text_model_2, tokenizer, unet,
-                                     train_images.captions)
+        vae.to("cpu")
+        if name == "tiny-sd3":
+            noising = FlowMatching(architecture.flow_scheduler())
+        frozen = frozen_conditioning(build(unet), train_images.captions)
         vae.to(device)
-        log("init", source=args["init"], sdxl=True, unet_params=count(unet))
+        log("init", source=args["init"], model=name, denoiser_params=count(unet))
     elif args["init"]:
         vae, text_model, unet = load_parts(Path(args["init"]), device)
         pool = stages.encode_pool(vae, train_images, device)
@@ -315,15 +352,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     tuned = TunedGuidance(args["tune_guidance"], args["tune_guidance_like"]) if args["tune_guidance"] else None
 
-    name = "tiny-sdxl" if sdxl else "tiny-sd"
+    def assemble(denoiser, text):
+        """The pipeline around a trained denoiser (and tiny-sd's trained text encoder)."""
+        return build(denoiser) if build else architecture.pipeline(vae, text or text_model, tokenizer, denoiser)
 
     def snapshot(unet_model, text, step: int) -> None:
-        save_pipeline(vae, text or text_model, tokenizer, unet_model, out / name, tuned, text_model_2)
+        save_pipeline(assemble(unet_model, text), tokenizer, out / name, tuned)
         print(f"[unet] snapshot of step {step} saved to {out / name}", flush=True)
 
     unet_start = time.perf_counter()
     unet, trained_text = stages.train_unet(
-        unet, None if sdxl else text_model, tokenizer, pool * scaling, train_images, frozen=frozen,
+        unet, None if build else text_model, tokenizer, pool * scaling, train_images, frozen=frozen, noising=noising,
         steps=args["unet_steps"],
         batch_size=args["unet_batch"], lr=args["unet_lr"], warmup=args["unet_warmup"],
         caption_dropout=args["caption_dropout"], min_snr_gamma=args["min_snr_gamma"], ema_decay=args["ema_decay"],
@@ -333,9 +372,9 @@ def main(argv: list[str] | None = None) -> dict:
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
         max_minutes=args["max_unet_minutes"], stop_step=args["unet_stop_step"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
-    text_model = trained_text or text_model
-    save_pipeline(vae, text_model.to("cpu"), tokenizer, unet.to("cpu"), out / name, tuned, text_model_2)
-    log("unet", unet_params=count(unet), text_encoder_params=count(text_model), unet_minutes=round(unet_minutes, 2))
+    save_pipeline(assemble(unet.to("cpu"), trained_text and trained_text.to("cpu")), tokenizer, out / name, tuned)
+    log("unet", unet_params=count(unet), unet_minutes=round(unet_minutes, 2),
+        **({} if build else {"text_encoder_params": count(trained_text or text_model)}))
     print(f"done: {out / name}" + ("" if args["init"] else f" and {out / 'tiny-clip'}"), flush=True)
     return metrics
 
