@@ -1,4 +1,4 @@
-"""The one-command tiny-sd and tiny-sdxl recipes: their shortened (smoke) forms end to end, and their full arguments."""
+"""The one-command tiny-sd, tiny-sdxl and tiny-sd3 recipes: their smoke forms end to end, and their full arguments."""
 import json
 
 import pytest
@@ -60,3 +60,26 @@ def test_smoke_tiny_sdxl_recipe_builds_an_sdxl_pipeline_around_tiny_sds_parts(tm
     assert ModelCard.read(model).tuned == TunedGuidance(7.5, 3.0)
     names = lambda config: [u.name for u in enumerate_units(config, "block", costs=False)]  # noqa: E731
     assert names(dict(tuned.unet.config)) == names(unet_config("sdxl-base"))
+
+
+def test_smoke_tiny_sd3_recipe_builds_an_sd3_pipeline_without_t5_trained_with_flow_matching(tmp_path):
+    """tiny-sd3: tiny-sd's VAE, tiny-clip's text tower and tiny-sd's text encoder (an identity projection), frozen,
+    no T5, around a new transformer of SD3-medium's topology (every unit name of sd3-medium)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from prunekit.graph import enumerate_units
+    from prunekit.models import ASSETS, resolve_model, unet_config
+
+    model = recipe.main(["--model", "tiny-sd3", "--out", str(tmp_path), "--smoke", "--threads", "1"])
+    assert model == tmp_path / "2-tuned" / "tiny-sd3"
+    base, tuned = (resolve_model(str(tmp_path / run / "tiny-sd3")).pipeline() for run in ("1-base", "2-tuned"))
+    assert type(tuned) is StableDiffusion3Pipeline and tuned.text_encoder_3 is None
+    assert type(tuned.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    sd = StableDiffusionPipeline.from_pretrained(ASSETS / "tiny-sd", local_files_only=True)
+    mine, theirs = tuned.text_encoder_2.text_model.state_dict(), sd.text_encoder.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
+    assert torch.equal(tuned.text_encoder_2.text_projection.weight, torch.eye(128))
+    assert tuned.vae.config.shift_factor == 0.0
+    assert not torch.equal(tuned.transformer.pos_embed.proj.weight, base.transformer.pos_embed.proj.weight)
+    names = lambda config: [u.name for u in enumerate_units(config, "block", costs=False)]  # noqa: E731
+    assert names(dict(tuned.transformer.config, _class_name="SD3Transformer2DModel")) == names(unet_config("sd3-medium"))
