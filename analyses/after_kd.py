@@ -51,7 +51,8 @@ from prunekit.planner.cache import Cache  # noqa: E402
 from prunekit.planner.measured import deferred_measurer  # noqa: E402
 from prunekit.planner.objective import Additive  # noqa: E402
 from prunekit.planner.recoverable import ENUMERABLE, RecoverOptions, Recoverable, feasible, random_plans  # noqa: E402
-from prunekit.planner.space import DiffusersSpace  # noqa: E402
+from prunekit.families import family_of  # noqa: E402
+from prunekit.planner.space import Space, make_space  # noqa: E402
 from prunekit.rundir import RunDir  # noqa: E402
 from prunekit.sensitivity import sensitivity  # noqa: E402
 from prunekit.students import load_student_unet, pipeline_with  # noqa: E402
@@ -84,7 +85,7 @@ def budget_of(model, preset: str) -> Budget:
     return Budget.parse({"params": up(made["params_fraction"]), "macs": up(made["macs_fraction"])})
 
 
-def sampled(space: DiffusersSpace, costs, budget: Budget, count: int, seed: int, exclude) -> list[dict]:
+def sampled(space: Space, costs, budget: Budget, count: int, seed: int, exclude) -> list[dict]:
     """`count` random plans of a space too large to list: states drawn uniformly (seeded) within the budget and
     using at least 90% of a bound, none of `exclude`."""
     rng, found = random.Random(seed), {}
@@ -103,7 +104,7 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
     from prunekit.plan import preset_remove
 
     additive = Additive(run.sensitivities(), all_units(model.config, costs=False))
-    space = DiffusersSpace(model.config, scorable=additive.scores)  # the planner's space for this sweep
+    space = make_space("diffusers", model.config, scorable=additive.scores)  # the planner's space for this sweep
     found = [{"method": f"preset:{preset}", "remove": preset_remove(preset, model.config)}]
     for objective in args.objectives:
         timing = work / f"search-{objective}.json"  # the first search's wall time: a rerun resumes from storage
@@ -276,7 +277,7 @@ def write(out: Path, frame: pd.DataFrame, teacher: dict, args, cost: dict) -> No
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny-sd", help="a bundled model (tiny-sd, tiny-sdxl)")
+    parser.add_argument("--model", default="tiny-sd", help="a bundled model (tiny-sd, tiny-sdxl, tiny-sd3)")
     parser.add_argument("--presets", default="bk-base,bk-small,bk-tiny")
     parser.add_argument("--granularity", choices=("pair", "block"), default="pair",
                         help="the sweep's: pairs then stages, or blocks (transformer layers too)")
@@ -297,7 +298,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args.work = Path(args.work)
     model = resolve_model(args.model)
     run = RunDir(args.work / "sweep")
-    for granularity in ("pair", "stage") if args.granularity == "pair" else ("block",):
+    swept = ("pair", "stage") if args.granularity == "pair" else ("block",)
+    for granularity in [g for g in swept if g in family_of(model.config).granularities]:
         sensitivity(model, str(run.path), granularity=granularity, num_prompts=args.sweep_prompts, progress=False)
 
     rows, timings, cost_rows, compared = [], [], [], []

@@ -141,3 +141,14 @@ def test_cli_plans_with_the_measured_objective(tmp_path, pipe_dir, clip_dir, cap
     assert saved["remove"] == ["mid.attn0", "mid.res1"]  # the mid block down to one resnet
     assert saved["provenance"]["planner"]["objective"] == "measured"
     assert main(["plan", "--model", pipe_dir, "--budget", "1.5", "--objective", "measured"]) == 2  # refused, no load
+
+
+def test_an_sd3_candidate_is_measured_on_its_plain_student_equal_to_the_ablated_teacher(sd3_dir, clip_dir):
+    """SD3's students are plain SD3 transformers; removing the last block keeps the new last one text-free, which
+    computes what the teacher computes with those blocks ablated."""
+    measure = measurer(sd3_dir, clip_model=clip_dir, kind="diffusers", **FAST)
+    for remove in (["block1"], ["block2", "block3"]):
+        with ablate(measure.pipe.transformer, remove):
+            ablated = measure.sampler.latents()
+        torch.testing.assert_close(measure._latents(remove), ablated, rtol=1e-4, atol=1e-5)
+    assert measure(["block1"]) != measure(["block2", "block3"])

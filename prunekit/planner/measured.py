@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from prunekit.graph import outermost
 from prunekit.models import Model
 from prunekit.rundir import RunDir
+from prunekit.families import denoiser_of
 from prunekit.options import check_choice
 from prunekit.sensitivity.settings import rule_value
 from prunekit.surgery import KINDS
@@ -48,13 +49,16 @@ DEFAULT_PROMPTS = 8
 
 @contextmanager
 def unet_swapped(pipe, unet):
-    """The pipeline with `unet` in place of its own for the body of the `with`."""
-    teacher = pipe.unet
-    pipe.unet = unet
+    """The pipeline with `unet` in place of its own denoiser (U-Net or transformer) for the body of the `with`."""
+    from prunekit.families import denoiser_slot
+
+    slot = denoiser_slot(pipe)
+    teacher = getattr(pipe, slot)
+    setattr(pipe, slot, unet)
     try:
         yield pipe
     finally:
-        pipe.unet = teacher
+        setattr(pipe, slot, teacher)
 
 
 def _run_arguments(sensitivity) -> dict:
@@ -89,11 +93,12 @@ class Measure:
         from prunekit.surgery import build_student
 
         remove = list(dict.fromkeys(remove))
+        teacher = denoiser_of(self.pipe)
         if self.kind == "diffusers":
-            student, _ = build_student(self.pipe.unet, remove)
+            student, _ = build_student(teacher, remove)
             with unet_swapped(self.pipe, student.eval()):
                 return self.sampler.latents()
-        with ablate(self.pipe.unet, outermost(resolve(self.pipe.unet, remove))):  # a container removes its parts
+        with ablate(teacher, outermost(resolve(teacher, remove))):  # a container removes its parts
             return self.sampler.latents()
 
     def scores(self, remove: list[str]) -> dict[str, float]:
