@@ -2,7 +2,8 @@
 
     python analyses/after_kd.py [--model tiny-sd] [--presets bk-base,bk-small,bk-tiny] [--seeds 0,1,2]
         [--steps 300] [--random 4] [--num-prompts 100] [--granularity pair|block]
-        [--objectives additive,measured,recoverable] [--work runs/after_kd] [--out reports/after_kd]
+        [--objectives additive,measured,recoverable] [--criteria cosine,mse] [--work runs/after_kd]
+        [--out reports/after_kd]
 
 The sweep is at pair granularity (then stages), or with `--granularity block` at block granularity, whose
 transformer layers the planner may then remove (SDXL). A space too large to list (transformer depths) gives its
@@ -16,7 +17,9 @@ settings; `--seeds` seeds each) and scored on held-out shapes prompts; its quali
 score, mean and sd over the seeds. A plan beats the preset when its mean exceeds the preset's by more than
 twice the larger of the two sds. Each objective's prediction (its loss: the additive sum, the measured loss on
 8 prompts, the recoverable loss after the first rung) is correlated with the quality after retraining
-(Spearman, over every candidate; lower loss should mean higher quality). The recoverable search's cost is its
+(Spearman, over every candidate; lower loss should mean higher quality), and so is each cheap criterion's
+(`--criteria`: the sum of the candidate's unit scores from a `--mode cosine` or `--mode mse` sweep, one intact
+pass each, in WORK/sweep-CRITERION), beside each one's sweep minutes. The recoverable search's cost is its
 KD steps and wall time against one distillation of the recipe (the time of the run that searched, kept in
 WORK/PRESET/search-OBJECTIVE.json, as a rerun resumes the search from its storage). Everything finished is kept in --work: a rerun
 measures only what is missing. Writes into --out: results.csv, table.md, plot.png; and every candidate into the
@@ -161,8 +164,25 @@ def retrain(model, remove: list[str], folder: Path, args) -> list[dict]:
 
 
 
+def criteria_sweeps(model, args) -> dict[str, float]:
+    """Each cheap criterion's sweep (`--mode cosine|mse`, one intact pass) of every unit the study plans with, in
+    WORK/sweep-CRITERION; its wall time (kept from the run that swept)."""
+    minutes = {}
+    for criterion in args.criteria:
+        folder = args.work / f"sweep-{criterion}"
+        timing = folder / "minutes.json"
+        started = time.perf_counter()
+        for granularity in args.swept:
+            sensitivity(model, str(folder), mode=criterion, granularity=granularity, num_prompts=args.sweep_prompts,
+                        progress=False)
+        if not timing.is_file():
+            timing.write_text(json.dumps({"minutes": (time.perf_counter() - started) / 60}))
+        minutes[criterion] = json.loads(timing.read_text())["minutes"]
+    return minutes
+
+
 def predictions(model, run: RunDir, remove: list[str], args) -> dict[str, float]:
-    """Each objective's loss for a candidate (lower should mean better after retraining)."""
+    """Each objective's and criterion's loss for a candidate (lower should mean better after retraining)."""
     from prunekit.planner.objective import Measured
 
     losses = {"additive": lambda: Additive(run.sensitivities(), all_units(model.config, costs=False))(remove),
@@ -171,7 +191,11 @@ def predictions(model, run: RunDir, remove: list[str], args) -> dict[str, float]
               "recoverable": lambda: Recoverable(model, run,
                                                  RecoverOptions(first_rung=args.first_rung, pool=args.pool),
                                                  Cache(run.cache_path, "recoverable")).predict(remove)}
-    return {objective: losses[objective]() for objective in args.objectives}
+    found = {objective: losses[objective]() for objective in args.objectives}
+    units = all_units(model.config, costs=False)
+    for criterion in args.criteria:  # the sum of the criterion's unit scores, as the additive objective sums
+        found[criterion] = Additive(RunDir(args.work / f"sweep-{criterion}").sensitivities(), units)(remove)
+    return found
 
 
 def summarise(rows: list[dict]) -> pd.DataFrame:
@@ -200,10 +224,10 @@ def verdicts(frame: pd.DataFrame, objectives) -> list[dict]:
     return out
 
 
-def correlations(frame: pd.DataFrame, objectives) -> list[dict]:
+def correlations(frame: pd.DataFrame, objectives, minutes: dict[str, float]) -> list[dict]:
     rows = []
     for objective in objectives:
-        row = {"objective": objective}
+        row = {"objective": objective, "sweep minutes": minutes.get(objective, float("nan"))}
         for key in QUALITY:
             row[f"{key} (all)"] = float(spearmanr(-frame[f"pred_{objective}"], frame[f"{key}_mean"]).statistic)
             within = [spearmanr(-g[f"pred_{objective}"], g[f"{key}_mean"]).statistic for _, g in frame.groupby("preset")
@@ -247,7 +271,7 @@ def write(out: Path, frame: pd.DataFrame, teacher: dict, args, cost: dict) -> No
     shown = frame.assign(attr=frame.apply(lambda r: f"{r['attr_all_mean']:.3f} ± {r['attr_all_sd']:.3f}", axis=1),
                          clip=frame.apply(lambda r: f"{r['clip_score_mean']:.2f} ± {r['clip_score_sd']:.2f}", axis=1))
     command = (f"--model {args.model} --presets {args.presets} --granularity {args.granularity} --objectives "
-               f"{','.join(args.objectives)} --seeds {','.join(map(str, args.seeds))} --steps {args.steps} "
+               f"{','.join(args.objectives)} --criteria {','.join(args.criteria) or 'none'} --seeds {','.join(map(str, args.seeds))} --steps {args.steps} "
                f"--random {args.random} --num-prompts {args.num_prompts}")
     searched = "recoverable" in args.objectives
     lines = [f"# After retraining: planned students against the presets on {args.model}", "",
@@ -258,15 +282,20 @@ def write(out: Path, frame: pd.DataFrame, teacher: dict, args, cost: dict) -> No
              f"{teacher['clip_score']:.2f}.", "",
              "## Candidates", "",
              markdown(shown, ["preset", "method", "params_fraction", "macs_fraction", "attr", "clip",
-                              *(f"pred_{objective}" for objective in args.objectives)]), "",
+                              *(f"pred_{name}" for name in args.objectives + args.criteria)]), "",
              "## Each objective's plan against the preset (beats: by more than 2 sd)", "",
              markdown(verdicts(frame, args.objectives),
                       ["preset", "objective", "same plan", "attr_all diff", "attr_all 2sd", "attr_all beats",
                        "clip_score diff", "clip_score 2sd", "clip_score beats"]),
-             "", "## How well each objective predicts quality after retraining (Spearman of -loss with quality)", "",
-             markdown(correlations(frame, args.objectives),
-                      ["objective", "attr_all (all)", "attr_all (within budgets)", "clip_score (all)",
-                       "clip_score (within budgets)"]), "",
+             "", "## How well each objective and criterion predicts quality after retraining (Spearman of -loss "
+             "with quality)", "",
+             "A criterion's loss is the sum of its unit scores over the candidate's units (cosine: one minus the "
+             "cosine similarity of each unit's output and its stand-in's, ShortGPT's and SANA-1.5's; mse: their "
+             "mean squared difference, Flux.1-Lite's), from one intact pass; the full sweep's minutes are the sum "
+             "of its units' own.", "",
+             markdown(correlations(frame, args.objectives + args.criteria, cost["sweep_minutes"]),
+                      ["objective", "sweep minutes", "attr_all (all)", "attr_all (within budgets)",
+                       "clip_score (all)", "clip_score (within budgets)"]), "",
              *(["## The recoverable search's cost", "",
                 markdown(cost["rows"], ["preset", "kd_steps", "kd_ratio", "search_minutes", "wall_ratio"]), ""]
                if searched else []),
@@ -282,6 +311,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--granularity", choices=("pair", "block"), default="pair",
                         help="the sweep's: pairs then stages, or blocks (transformer layers too)")
     parser.add_argument("--objectives", default=",".join(OBJECTIVES), help="the planner objectives compared")
+    parser.add_argument("--criteria", default="cosine,mse",
+                        help="the cheap block scores compared (sweep modes; 'none' for none)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=300, help="KD steps of the recipe")
     parser.add_argument("--random", type=int, default=4, help="random plans per budget")
@@ -295,12 +326,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.objectives = args.objectives.split(",")
+    args.criteria = [] if args.criteria == "none" else args.criteria.split(",")
     args.work = Path(args.work)
     model = resolve_model(args.model)
     run = RunDir(args.work / "sweep")
     swept = ("pair", "stage") if args.granularity == "pair" else ("block",)
-    for granularity in [g for g in swept if g in family_of(model.config).granularities]:
+    args.swept = [g for g in swept if g in family_of(model.config).granularities]
+    for granularity in args.swept:
         sensitivity(model, str(run.path), granularity=granularity, num_prompts=args.sweep_prompts, progress=False)
+    sweep_minutes = {"additive": float(pd.read_csv(run.table_path)["seconds"].sum()) / 60,  # the full sweep's units
+                     **criteria_sweeps(model, args)}
 
     rows, timings, cost_rows, compared = [], [], [], []
     for preset in args.presets.split(","):
@@ -336,7 +371,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         teacher_path.write_text(json.dumps(quality(model, model.pipeline(), args)))
     teacher = json.loads(teacher_path.read_text())
     frame = summarise(rows)
-    write(Path(args.out), frame, teacher, args, {"rows": cost_rows, "distill_minutes": distill_minutes})
+    write(Path(args.out), frame, teacher, args, {"rows": cost_rows, "distill_minutes": distill_minutes,
+                                                 "sweep_minutes": sweep_minutes})
     print((Path(args.out) / "table.md").read_text())
     return frame
 

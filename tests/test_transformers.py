@@ -2,6 +2,9 @@
 passes streams through, and surgery to plain diffusers students equal to the ablated teacher."""
 from __future__ import annotations
 
+import itertools
+import math
+
 import pytest
 import torch
 
@@ -213,3 +216,20 @@ def test_a_local_transformer_config_is_read_and_a_garbled_one_refused(tmp_path, 
     assert main(["inspect", "flux-dev", "--granularity", "pair"]) == 0  # whole blocks only
     out = capsys.readouterr().out
     assert "single37 " in out and "single37.ff" not in out
+
+
+@pytest.mark.parametrize("name", ["sd3", "sd3.5", "flux", "pixart"])
+def test_the_block_space_costs_every_plan_as_its_built_student(name):
+    """Costs add up over blocks, and SD3's correction makes them exact where the new last block is text-free,
+    dual-attention ones included."""
+    from prunekit.planner.space import make_space
+
+    config = TRANSFORMERS[name]
+    space = make_space("diffusers", config)
+    assert space.size() == math.prod(2 ** len(names) - 1 for names in space.stacks.values())
+    for state in itertools.islice(space.states(), 0, None, 3):
+        made = make_plan("m", config, space.remove(state), "by hand")
+        for metric in ("params", "macs"):
+            assert space.fraction(state, metric) == pytest.approx(made.predicted[f"{metric}_fraction"], abs=1e-12)
+    smallest = space.smallest("params")
+    assert all(sum(name not in smallest for name in names) == 1 for names in space.stacks.values())

@@ -43,13 +43,17 @@ class SD3Family(BlockFamily):
         return student
 
     def cost_correction(self, config: dict, remove: list[str], metric: str, units: dict) -> int:
-        """Removing the last block makes the last kept one text-free: it then costs what the teacher's last does."""
+        """Removing the last block makes the last kept one text-free: it loses what an ordinary block has beyond
+        the teacher's text-free last one (its text feed-forward and output, four modulations), whether or not it
+        is a dual-attention block."""
         count = int(config["num_layers"])
         last = f"block{count - 1}"
         if last not in remove:
             return 0
-        kept = max(k for k in range(count) if f"block{k}" not in remove)
-        return getattr(units[last], metric) - getattr(units[f"block{kept}"], metric)
+        dual = set(config.get("dual_attention_layers") or ())
+        ordinary = [k for k in range(count - 1) if k not in dual]
+        reference = ordinary[0] if ordinary else max(k for k in range(count) if f"block{k}" not in remove)
+        return getattr(units[last], metric) - getattr(units[f"block{reference}"], metric)
 
     def block_map(self, stack: Stack, j: int, k: int, student_count: int, teacher_count: int) -> dict[str, str]:
         entries = super().block_map(stack, j, k, student_count, teacher_count)
