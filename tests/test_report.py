@@ -49,8 +49,9 @@ def _png(path: Path, seed: int) -> None:
     image.save(path)
 
 
-def write_run(root: Path, parts=PARTS, model=None) -> Path:
-    """A plausible run directory for the TINY U-Net (or the alias `model`) holding the files of `parts`."""
+def write_run(root: Path, parts=PARTS, model=None, preset: str = "bk-small") -> Path:
+    """A plausible run directory for the TINY U-Net (or the alias `model`) holding the files of `parts`, its plan
+    `preset`'s."""
     rng = random.Random(0)
     config = unet_config(model) if model else TINY
     if model is None:
@@ -84,7 +85,7 @@ def write_run(root: Path, parts=PARTS, model=None) -> Path:
             for k, unit in enumerate(units[:6]):
                 _png(run / "images" / "units" / unit.name / f"{i}.png", 100 * k + i)
     if "plan" in parts:
-        make_plan(model, config, preset_remove("bk-small", config), "optuna", {"params": 0.6},
+        make_plan(model, config, preset_remove(preset, config), "optuna", {"params": 0.6},
                   loss=1.25).save(run / "plan.json")
     if "pareto" in parts:
         names = [u.name for u in units if u.stage != "down0"]
@@ -253,6 +254,14 @@ def test_real_sd_config_costs(tmp_path):
     html = build_report(write_run(tmp_path, ("run",), model="sd-v1-4")).read_text()
     assert "859.52M" in html and "338.83G" in html
     assert "<code>down3</code>" in html and "<code>up3</code>" in html and "now differs" not in html
+
+
+def test_a_transformer_is_drawn_as_its_stacks_of_blocks(tmp_path):
+    html = build_report(write_run(tmp_path, ("run", "sensitivity", "plan"), model="flux-dev",
+                                  preset="flux-lite-like")).read_text()
+    assert "joint · 19 blocks" in unescape(html) and "single · 38 blocks" in unescape(html)
+    assert html.count('<g class="removed">') == 11 and html.count('<g class="kept">') == 8 + 38
+    assert "in the order they run" in html and "11.90G" in html  # parameters, in the report's units
 
 
 def test_a_changed_model_config_is_flagged(tmp_path):

@@ -24,6 +24,7 @@ class Family:
     runs_pipelines: bool  # whether prunekit samples, sweeps and distils its pipelines (else architecture work only)
     proxy_sweeps: bool  # whether the sweep's proxy mode (a block-by-block forward) knows its layout
     space: str  # its diffusers plans (prunekit.planner.space): "layout" (a U-Net's stages) or "blocks" (any blocks)
+    drawing: str  # how the report draws it (prunekit.report.diagram): "u-net" or "stacks"
 
     def build_meta(self, config: dict):
         """The denoiser of `config` on the meta device."""

@@ -58,6 +58,7 @@ class BlockFamily(Family):
     granularities = ("block", "pair")  # block: blocks and their parts; pair: whole blocks only
     free_plans = False
     runs_pipelines = False
+    drawing = "stacks"
     space = "blocks"
     proxy_sweeps = False
 

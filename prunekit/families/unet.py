@@ -125,6 +125,7 @@ class UNetFamily(Family):
     granularities = ("block", "pair", "stage")
     free_plans = True
     runs_pipelines = True
+    drawing = "u-net"
     space = "layout"
     proxy_sweeps = True
 

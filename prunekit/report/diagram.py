@@ -1,7 +1,9 @@
-"""A drawing of a U-Net for the report: down stages, mid and up stages as rows of boxes, one per unit.
+"""A drawing of a denoiser for the report, one box per unit: a U-Net's down stages, mid and up stages as the
+rows of a U; a transformer's stacks of blocks as rows in forward order.
 
-`unet_diagram` lays the drawing out as data (coordinates, labels, removal states); the template draws it
-as inline SVG, so every string in it goes through jinja's escaping.
+`diagram(config, units, removed)` lays the drawing its family asks for (`Family.drawing`) out as data
+(coordinates, labels, removal states); the template draws it as inline SVG, so every string in it goes through
+jinja's escaping.
 """
 from __future__ import annotations
 
@@ -36,7 +38,10 @@ class Diagram:
     boxes: list[Box]
     labels: list[tuple[float, float, str]]  # (x, y, text): a stage's name and resolution above its row
     skips: list[tuple[float, float, float]]  # (x1, x2, y): a skip connection from a down row to its up row
-    spine: str  # the SVG points of the U the data flows along
+    spine: str  # the SVG points of the path the data flows along
+    label: str  # what the drawing shows, for screen readers
+    legend: str  # how to read it
+    kinds: tuple[str, ...]  # the unit kinds whose colours the legend shows
     box_w: int = BOX_W
     box_h: int = BOX_H
 
@@ -86,4 +91,45 @@ def unet_diagram(units: list[Unit], removed: Removed) -> Diagram:
         path += [(x0("mid") - 6, y0("mid") + centre), (x0("mid") + _row_width(rows["mid"]) + 6, y0("mid") + centre)]
     path += [(x0(s) + _row_width(rows[s]) + 6, y0(s) + centre) for s in up]
     spine = " ".join(f"{x:.0f},{y:.0f}" for x, y in path)
-    return Diagram(width, height, boxes, labels, skips, spine)
+    return Diagram(width, height, boxes, labels, skips, spine,
+                   "the U-Net's stages with the units the plan removes struck out",
+                   "Down stages on the left, up stages on the right, joined by their skip connections (dashed); the "
+                   "mid block at the bottom.", ("res", "attn", "downsample"))
+
+
+PER_ROW = 12  # blocks per row of a stack's drawing
+
+
+def stack_diagram(units: list[Unit], removed: Removed) -> Diagram:
+    """Lay out a transformer's blocks (`units`, top level): each stack's blocks in rows of PER_ROW, forward order
+    left to right and down, the stacks one under the other; the spine joins the rows in the order they run."""
+    stacks: dict[str, list[Unit]] = {}
+    for unit in units:
+        stacks.setdefault(unit.stage, []).append(unit)
+    boxes, labels, path, y = [], [], [], MARGIN
+    for stage, members in stacks.items():
+        side = members[0].resolution
+        labels.append((MARGIN, y + LABEL - 6, f"{stage} · {len(members)} blocks · {side}×{side} tokens"))
+        for start in range(0, len(members), PER_ROW):
+            row_y = y + LABEL
+            for i, unit in enumerate(members[start:start + PER_ROW]):
+                state = removed.state(unit)
+                boxes.append(Box(MARGIN + i * (BOX_W + GAP), row_y, unit.name.removeprefix(stage),
+                                 f"{unit.name}: {unit.params:,} parameters, {state}",
+                                 KIND_COLORS.get(unit.kind, OTHER_COLOR), state))
+            count = len(members[start:start + PER_ROW])
+            path += [(MARGIN - 6, row_y + BOX_H / 2), (MARGIN + count * (BOX_W + GAP) - GAP + 6, row_y + BOX_H / 2)]
+            y += BOX_H + GAP + (LABEL if start == 0 else 0)
+        y += ROW_H - BOX_H
+    width = 2 * MARGIN + min(PER_ROW, max((len(m) for m in stacks.values()), default=0)) * (BOX_W + GAP)
+    spine = " ".join(f"{x:.0f},{y:.0f}" for x, y in path)
+    return Diagram(width, y + MARGIN - (ROW_H - BOX_H), boxes, labels, [], spine,
+                   "the transformer's blocks with those the plan removes struck out",
+                   "Each stack's blocks in the order they run, left to right and down.", ("block",))
+
+
+def diagram(config: dict, units: list[Unit], removed: Removed) -> Diagram:
+    """The drawing of the denoiser of `config` that its family asks for."""
+    from prunekit.families import family_of
+
+    return {"u-net": unet_diagram, "stacks": stack_diagram}[family_of(config).drawing](units, removed)

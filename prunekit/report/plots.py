@@ -20,7 +20,8 @@ from prunekit.costs import scale
 # Okabe-Ito colours (readable by colour-blind readers); the plan drawing uses the same ones.
 KIND_COLORS = {
     "res": "#0072B2", "attn": "#E69F00", "pair": "#009E73", "transformer": "#CC79A7",
-    "downsample": "#56B4E9", "upsample": "#56B4E9", "mid": "#D55E00", "stage": "#7F6BB0",
+    "downsample": "#56B4E9", "upsample": "#56B4E9", "mid": "#D55E00", "stage": "#7F6BB0", "block": "#009E73",
+    "ff": "#0072B2", "cross": "#F0E442",
 }
 OTHER_COLOR = "#999999"
 INK, MUTED, GRID = "#1f2328", "#57606a", "#e5e7eb"

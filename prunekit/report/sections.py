@@ -18,7 +18,7 @@ from prunekit.evaluate import headline
 from prunekit.graph import Removed
 from prunekit.plan import PRESETS
 from prunekit.report import plots
-from prunekit.report.diagram import unet_diagram
+from prunekit.report.diagram import diagram as draw
 from prunekit.report.rundir import Run
 from prunekit.rundir import read_json
 
@@ -283,7 +283,7 @@ def _plan_section(run: Run) -> dict | None:
                             "measured": f"before distillation: {quality}" if key == "loss" and quality else "—"})
     diagram = None
     if run.teacher is not None:
-        diagram = unet_diagram(run.teacher.units, _removed(run))
+        diagram = draw(run.teacher.config, run.teacher.units, _removed(run))
     source = "distill/student/unet/config.json" if student_file.is_file() else "plan.json's student config"
     return {"method": plan.method, "budget": _pairs(plan.budget), "remove": plan.remove, "compare": compare,
             "student_source": source, "diagram": diagram}
