@@ -125,6 +125,10 @@ def _student(source: Path):
         raise PrunekitError(f"{folder} is a free plan's student, whose stand-ins only prunekit knows: a single "
                             "file needs a plan of kind diffusers (prunekit plan --space diffusers).")
     pipe = load_student(folder)
+    if "unet" not in pipe.components:
+        raise PrunekitError(f"{folder} holds a {type(pipe.transformer).__name__} student; prunekit writes U-Net "
+                            "checkpoints in the original SD layouts only: the student folder is a plain diffusers "
+                            "pipeline, load it with from_pretrained.")
     ema = folder.parent / "student_ema"
     if folder.name == "student" and (ema / MANIFEST).is_file():
         pipe.unet = load_student_unet(ema)

@@ -578,6 +578,9 @@ def test_an_sd3_pipeline_goes_through_the_loop_with_flow_matching(tmp_path, sd3_
     from prunekit.students import load_student
 
     assert load_student(summary["student"]).transformer.config.num_layers == 4 - len(made.remove)
+    from prunekit.cli import main
+
+    assert main(["export", str(tmp_path / "out"), "-o", str(tmp_path / "s.safetensors")]) == 2  # no SD layout
 
 
 @pytest.mark.parametrize("cache, layers", [(False, "self-attn"), (True, "block-out")])
