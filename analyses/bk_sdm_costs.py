@@ -56,6 +56,18 @@ def rows(models=("sd-v1-4", "sd-v2-1-base")) -> list[dict]:
     return table
 
 
+def presets_report(models, out: Path, markdown) -> pd.DataFrame:
+    """The costs of `models` and their presets (`rows`), counted and timed, written into `out` as presets.csv and
+    presets.md (`markdown(frame, seconds)`)."""
+    started = time.perf_counter()
+    frame = pd.DataFrame(rows(models))
+    seconds = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    frame.drop(columns=["paper_params", "paper_macs_G", "macs_error_pct"]).to_csv(out / "presets.csv", index=False)
+    (out / "presets.md").write_text(markdown(frame, seconds))
+    return frame
+
+
 def markdown(frame: pd.DataFrame, seconds: float) -> str:
     lines = ["# BK-SDM's U-Net costs, recounted by prunekit", "",
              "Per U-Net step at the model's native resolution (512 px: 64x64 latents), batch 1, 77 tokens.",

@@ -8,12 +8,11 @@ FLUX.1-dev 11,901,408,320; Flux.1-Lite "8B").
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from bk_sdm_costs import rows
+from bk_sdm_costs import presets_report
 
 MODELS = ("sd3-medium", "sd3.5-large", "flux-dev", "flux-schnell", "pixart-sigma", "sana-1.6b")
 PUBLISHED = {("sd3-medium", "teacher"): "2,028,328,000", ("flux-dev", "teacher"): "11,901,408,320",
@@ -41,13 +40,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="reports/dit", help="output folder (default reports/dit)")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    frame = pd.DataFrame(rows(MODELS))
-    seconds = time.perf_counter() - started
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frame.drop(columns=["paper_params", "paper_macs_G", "macs_error_pct"]).to_csv(out / "presets.csv", index=False)
-    (out / "presets.md").write_text(markdown(frame, seconds))
+    frame = presets_report(MODELS, out, markdown)
     print((out / "presets.md").read_text())
     return frame
 

@@ -8,12 +8,11 @@ could be read in a primary source.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from bk_sdm_costs import rows
+from bk_sdm_costs import presets_report
 
 # What the papers' abstracts say of the students each preset's cut follows (U-Net parameters).
 PUBLISHED = {
@@ -43,16 +42,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="reports/sdxl", help="output folder (default reports/sdxl)")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    frame = pd.DataFrame(rows(("sdxl-base",)))
-    seconds = time.perf_counter() - started
+    out = Path(args.out)
+    frame = presets_report(("sdxl-base",), out, markdown)
     for name, (_, _, published) in PUBLISHED.items():
         kept = frame.loc[frame["unet"] == name, "params_fraction" if published < 1 else "params"].item()
         print(f"{name}: {kept:,.4g} against the published {published:,.4g} ({kept / published:.3f}x)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    frame.drop(columns=["paper_params", "paper_macs_G", "macs_error_pct"]).to_csv(out / "presets.csv", index=False)
-    (out / "presets.md").write_text(markdown(frame, seconds))
     print(f"-> {out / 'presets.md'}")
     return frame
 
