@@ -181,6 +181,17 @@ def criteria_sweeps(model, args) -> dict[str, float]:
     return minutes
 
 
+def covered(model, folder: Path, remove: list[str], args, **mode) -> RunDir:
+    """The sweep in `folder`, extended to any unit of `remove` it lacks (a measured plan may name units finer than
+    the sweep's granularity: the one-resnet mid block's)."""
+    run = RunDir(folder)
+    missing = [name for name in remove if name not in run.sensitivities()]
+    if missing:
+        sensitivity(model, str(folder), units=",".join(missing), granularity="block", num_prompts=args.sweep_prompts,
+                    progress=False, **mode)
+    return run
+
+
 def predictions(model, run: RunDir, remove: list[str], args) -> dict[str, float]:
     """Each objective's and criterion's loss for a candidate (lower should mean better after retraining)."""
     from prunekit.planner.objective import Measured
@@ -191,10 +202,12 @@ def predictions(model, run: RunDir, remove: list[str], args) -> dict[str, float]
               "recoverable": lambda: Recoverable(model, run,
                                                  RecoverOptions(first_rung=args.first_rung, pool=args.pool),
                                                  Cache(run.cache_path, "recoverable")).predict(remove)}
+    covered(model, run.path, remove, args)
     found = {objective: losses[objective]() for objective in args.objectives}
     units = all_units(model.config, costs=False)
     for criterion in args.criteria:  # the sum of the criterion's unit scores, as the additive objective sums
-        found[criterion] = Additive(RunDir(args.work / f"sweep-{criterion}").sensitivities(), units)(remove)
+        sweep = covered(model, args.work / f"sweep-{criterion}", remove, args, mode=criterion)
+        found[criterion] = Additive(sweep.sensitivities(), units)(remove)
     return found
 
 

@@ -486,3 +486,9 @@ def test_a_latent_mode_refuses_metrics_and_proxy_refuses_transformers(tmp_path, 
         sensitivity(sd3_dir, out=str(tmp_path / "a"), mode="cosine", metrics="clip", **FAST)
     with pytest.raises(PrunekitError, match="proxy mode runs U-Nets block by block"):
         sensitivity(sd3_dir, out=str(tmp_path / "b"), mode="proxy", granularity="block", timesteps=2, **FAST)
+
+
+def test_a_stage_is_scored_by_its_parts_stand_ins(tmp_path, pipe_dir):
+    table = sensitivity(pipe_dir, out=str(tmp_path / "stage"), mode="mse", granularity="stage", timesteps=2, **FAST)
+    assert set(table["unit"]) == {u.name for u in enumerate_units(unet_config(pipe_dir), "stage")}
+    assert (table["block_mse"] > 0).all()

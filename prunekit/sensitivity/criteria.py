@@ -39,7 +39,9 @@ class BlockScores:
 
     def __init__(self, denoiser, family, units: list[Unit], batches):
         """`batches` yields (noisy latents, model timesteps, conditioning), each one forward pass."""
-        table = {unit.name: unit for unit in units}
+        from prunekit.ablation import unit_table
+
+        table = unit_table(denoiser)  # every unit: a stage's stand-ins are its parts'
         swaps: dict[str, list[tuple[str, torch.nn.Module]]] = {}
         for unit in units:
             for path, standin in family.standins(denoiser, unit, table):
