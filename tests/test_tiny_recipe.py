@@ -36,9 +36,9 @@ def test_full_recipe_arguments_are_the_model_cards(tmp_path):
     (tmp_path / "1-base" / "tiny-sd3").mkdir(parents=True)
     (tmp_path / "1-base" / "tiny-sd3" / "model_index.json").write_text("{}")
     sd3 = recipe.run_arguments(tmp_path, "full", [], "tiny-sd3")
-    assert [argv[argv.index("--out") + 1] for argv in sd3] == [str(tmp_path / run) for run in
-                                                                ("1-base", "2-longer", "3-tuned")]
-    assert sd3[1][sd3[1].index("--init") + 1] == str(tmp_path / "1-base" / "tiny-sd3")
+    assert [argv[argv.index("--out") + 1] for argv in sd3] == [str(tmp_path / run) for run in ("1-base", "2-longer")]
+    longer = train.parse_args(sd3[1])
+    assert longer["init"] == str(tmp_path / "1-base" / "tiny-sd3") and longer["card_guidance"] == 4.0
     assert (base["preset"], base["init"], base["threads"]) == ("full", None, 2)
     assert (base["decoder_steps"], base["decoder_overshoot"], base["vae_shape_weight"]) == (2500, 8.0, 5.0)
     assert (base["unet_steps"], base["unet_stop_step"], base["unet_batch"], base["offset_noise"]) == (2000, 1000, 128, 0.2)
@@ -77,8 +77,9 @@ def test_smoke_tiny_sd3_recipe_builds_an_sd3_pipeline_without_t5_trained_with_fl
     from prunekit.models import ASSETS, resolve_model, unet_config
 
     model = recipe.main(["--model", "tiny-sd3", "--out", str(tmp_path), "--smoke", "--threads", "1"])
-    assert model == tmp_path / "3-tuned" / "tiny-sd3"
-    base, tuned = (resolve_model(str(tmp_path / run / "tiny-sd3")).pipeline() for run in ("1-base", "3-tuned"))
+    assert model == tmp_path / "2-longer" / "tiny-sd3"
+    base, tuned = (resolve_model(str(tmp_path / run / "tiny-sd3")).pipeline() for run in ("1-base", "2-longer"))
+    assert ModelCard.read(model).guidance == 4.0 and ModelCard.read(model).tuned is None
     assert type(tuned) is StableDiffusion3Pipeline and tuned.text_encoder_3 is None
     assert type(tuned.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     sd = StableDiffusionPipeline.from_pretrained(ASSETS / "tiny-sd", local_files_only=True)

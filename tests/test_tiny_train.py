@@ -202,6 +202,9 @@ def test_shape_only_overshoot_needs_an_overshoot(tmp_path, capsys):
     (["--tune-guidance-like", "3"], "--tune-guidance-like needs --tune-guidance"),
     (["--tune-guidance", "1"], "--tune-guidance must be above 1"),
     (["--tune-guidance", "7.5", "--tune-guidance-like", "0.5"], "--tune-guidance-like at least 1"),
+    (["--card-guidance", "0.5"], "--card-guidance is at least 1"),
+    (["--card-guidance", "4", "--tune-guidance", "7.5"], "a tuned one's card takes its tuned scale"),
+    (["--sdxl", "--sd3", "--init", ".", "--clip", "."], "--sdxl and --sd3 make different models"),
 ])
 def test_tune_guidance_rejects_bad_scales(tmp_path, capsys, arguments, message):
     with pytest.raises(SystemExit) as exit_info:

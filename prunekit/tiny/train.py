@@ -70,7 +70,7 @@ DEFAULTS = {
     "unet_widths": "32,64,64,64", "text_width": 128, "text_layers": 3,
     "caption_dropout": 0.1, "min_snr_gamma": 5.0, "ema_decay": 0.998, "probe_weight": 0.0, "unet_overshoot": 1.0,
     "unet_overshoot_shape_only": False, "offset_noise": 0.0,
-    "tune_guidance": None, "tune_guidance_like": 1.0,
+    "tune_guidance": None, "tune_guidance_like": 1.0, "card_guidance": None,
     "max_unet_minutes": None, "unet_stop_step": None,
     "decoder_steps": 0, "decoder_lr": 5e-4, "decoder_overshoot": 1.0,
 }
@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
                              "ordinary model does at --tune-guidance-like (default: off)")
     parser.add_argument("--tune-guidance-like", type=float,
                         help="the guidance scale that --tune-guidance's scale should behave like (default 1)")
+    parser.add_argument("--card-guidance", type=float,
+                        help="the guidance scale the model card recommends for an untuned model (default SD's 7.5)")
     parser.add_argument("--decoder-overshoot", type=float,
                         help="teach the fine-tuned decoder latents pushed up to this many times further from the "
                              "mean latent, as classifier-free guidance pushes them (default 1: off)")
@@ -149,6 +151,8 @@ def parse_args(argv: list[str] | None = None) -> dict:
         parser.error("--unet-overshoot-shape-only needs --unet-overshoot above 1: it says where that push applies")
     if "tune_guidance_like" in given and "tune_guidance" not in given:
         parser.error("--tune-guidance-like needs --tune-guidance: it says which guidance scale is tuned")
+    if "card_guidance" in given and ("tune_guidance" in given or given["card_guidance"] < 1):
+        parser.error("--card-guidance is at least 1, for an untuned model (a tuned one's card takes its tuned scale)")
     if given.get("tune_guidance", 2.0) <= 1 or given.get("tune_guidance_like", 1.0) < 1:
         parser.error("--tune-guidance must be above 1 and --tune-guidance-like at least 1")
     if "init" in given and not (Path(given["init"]) / "model_index.json").is_file():
@@ -180,16 +184,15 @@ def save_clip(model, tokenizer, directory: Path) -> None:
     save_replacing(directory, save)
 
 
-def save_pipeline(pipe, tokenizer, directory: Path, tuned: TunedGuidance | None = None) -> None:
-    """The pipeline's directory (safetensors), each tokenizer with vocab.json and merges.txt, and the model card
-    (prunekit.card): the shapes world's prompts, data and CLIP model; a guidance-tuned denoiser's card records
-    its tuning and takes its tuned scale as the default."""
+def save_pipeline(pipe, tokenizer, directory: Path, card: ModelCard) -> None:
+    """The pipeline's directory (safetensors), each tokenizer with vocab.json and merges.txt, and its model card
+    (prunekit.card)."""
     def save(path: Path) -> None:
         pipe.save_pretrained(path, safe_serialization=True)
         for folder in ("tokenizer", "tokenizer_2"):
             if getattr(pipe, folder, None) is not None:
                 save_tokenizer(tokenizer, path / folder)
-        (replace(CARD, guidance=tuned.scale, tuned=tuned) if tuned else CARD).write(path)
+        card.write(path)
 
     save_replacing(directory, save)
 
@@ -351,13 +354,16 @@ def main(argv: list[str] | None = None) -> dict:
     vae.to("cpu")
 
     tuned = TunedGuidance(args["tune_guidance"], args["tune_guidance_like"]) if args["tune_guidance"] else None
+    # the shapes world's prompts, data and CLIP model; a tuned model's card records its tuning and takes its scale
+    card = (replace(CARD, guidance=tuned.scale, tuned=tuned) if tuned else
+            CARD.with_guidance(args["card_guidance"]) if args["card_guidance"] else CARD)
 
     def assemble(denoiser, text):
         """The pipeline around a trained denoiser (and tiny-sd's trained text encoder)."""
         return build(denoiser) if build else architecture.pipeline(vae, text or text_model, tokenizer, denoiser)
 
     def snapshot(unet_model, text, step: int) -> None:
-        save_pipeline(assemble(unet_model, text), tokenizer, out / name, tuned)
+        save_pipeline(assemble(unet_model, text), tokenizer, out / name, card)
         print(f"[unet] snapshot of step {step} saved to {out / name}", flush=True)
 
     unet_start = time.perf_counter()
@@ -372,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         log_every=args["log_every"], snapshot=snapshot, snapshot_minutes=args["snapshot_minutes"],
         max_minutes=args["max_unet_minutes"], stop_step=args["unet_stop_step"])
     unet_minutes = (time.perf_counter() - unet_start) / 60
-    save_pipeline(assemble(unet.to("cpu"), trained_text and trained_text.to("cpu")), tokenizer, out / name, tuned)
+    save_pipeline(assemble(unet.to("cpu"), trained_text and trained_text.to("cpu")), tokenizer, out / name, card)
     log("unet", unet_params=count(unet), unet_minutes=round(unet_minutes, 2),
         **({} if build else {"text_encoder_params": count(trained_text or text_model)}))
     print(f"done: {out / name}" + ("" if args["init"] else f" and {out / 'tiny-clip'}"), flush=True)
