@@ -4,7 +4,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 import stand_ins
-from prunekit.ablation import ChannelInterpolation, ablate, ablated_units, compatible_units, unit_table
+from prunekit.ablation import ablate, ablated_units, compatible_units, unit_table
+from prunekit.standins import ChannelInterpolation
 from prunekit.costs import example_inputs
 from prunekit.errors import PrunekitError
 from prunekit.models import build_unet_meta, unet_config

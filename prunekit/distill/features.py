@@ -128,7 +128,7 @@ def match_points(student: list[tuple[str, tuple]], teacher: list[tuple[str, tupl
 
 def self_attention_pairs(student: nn.Module, weight_map: dict[str, str]) -> list[tuple[str, str]]:
     """(student path, teacher path) of every self-attention the student keeps, in forward order."""
-    from prunekit.surgery import tensor_sources
+    from prunekit.weightmap import tensor_sources
 
     paths = [path for path, _ in student.named_modules() if path.endswith(".attn1")]
     sources = tensor_sources([f"{path}.to_q.weight" for path in paths], weight_map)

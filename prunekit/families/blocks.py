@@ -124,7 +124,7 @@ class BlockFamily(Family):
 
     # -- ablation -------------------------------------------------------------------------------------------
     def standins(self, module, unit, table: dict) -> list:
-        from prunekit.ablation import Passthrough, StreamsPassthrough, ZeroOutput, ZeroPair
+        from prunekit.standins import Passthrough, StreamsPassthrough, ZeroOutput, ZeroPair
 
         stack = next(s for s in self.stacks if s.prefix == unit.stage)
         if unit.kind == "block":
@@ -178,7 +178,7 @@ class BlockFamily(Family):
         return {f"{stack.attr}.{j}": f"{stack.attr}.{k}"}
 
     def plain_student(self, teacher_config: dict, remove: list[str]) -> tuple[dict, dict[str, str]]:
-        from prunekit.surgery import check_map
+        from prunekit.weightmap import check_map
 
         kept = self.kept_blocks(teacher_config, remove)
         config = self.student_config(teacher_config, kept)

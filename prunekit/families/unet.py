@@ -103,7 +103,7 @@ def _mid_units(b, unet, resolution: int, granular: bool) -> None:
 
 def _leaf_standin(unit, path: str):
     """The stand-in for one module of a res/attn/pair/transformer/sampler/mid unit."""
-    from prunekit.ablation import (AttentionPassthrough, AveragePoolDownsample, ChannelInterpolation,
+    from prunekit.standins import (AttentionPassthrough, AveragePoolDownsample, ChannelInterpolation,
                                    NearestUpsample, Passthrough)
 
     if ".resnets." in path:
@@ -209,7 +209,7 @@ class UNetFamily(Family):
                 "the innermost.").format(levels=len(config["down_block_types"]))
 
     def standins(self, unet, unit, table: dict) -> list:
-        from prunekit.ablation import Passthrough
+        from prunekit.standins import Passthrough
         from prunekit.graph import inside
 
         if unit.kind != "stage":
