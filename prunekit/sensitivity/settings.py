@@ -28,6 +28,8 @@ from prunekit.worlds import Judge
 MODES = ("full", "proxy", "cosine", "mse")
 LATENT_MODES = ("proxy", "cosine", "mse")  # modes that score calibration latents, generating nothing per unit
 MODE_COLUMNS = {"proxy": "eps_mse", "cosine": "block_cosine", "mse": "block_mse"}  # prunekit.sensitivity.criteria
+MODE_WORDS = {"proxy": "noise-prediction error", "cosine": "how little each unit keeps its input's direction",
+              "mse": "how far each unit moves its input"}
 INITS = ("pretrained", "random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROXY_LATENTS = ("baseline", "rendered")
@@ -72,8 +74,8 @@ class SweepOptions:
         check_count("seed", self.seed, minimum=0)
         check_number("guidance", self.guidance, minimum=1, optional=True)
         if self.mode in LATENT_MODES and self.metrics is not None:
-            raise PrunekitError(f"{self.mode} mode scores by {MODE_COLUMNS[self.mode]} only: leave out --metrics, "
-                                "or use --mode full.")
+            raise PrunekitError(f"{self.mode} mode scores by {MODE_WORDS[self.mode]} ({MODE_COLUMNS[self.mode]}) "
+                                "only: leave out --metrics, or use --mode full.")
         if self.mode in LATENT_MODES and self.race:
             raise PrunekitError(f"a {self.mode} sweep costs at most one pass per unit: --race is for full mode.")
 
