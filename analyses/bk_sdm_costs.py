@@ -56,16 +56,21 @@ def rows(models=("sd-v1-4", "sd-v2-1-base")) -> list[dict]:
     return table
 
 
-def presets_report(models, out: Path, markdown) -> pd.DataFrame:
-    """The costs of `models` and their presets (`rows`), counted and timed, written into `out` as presets.csv and
-    presets.md (`markdown(frame, seconds)`)."""
+def presets_report(models, markdown, argv: list[str] | None, doc: str,
+                   default_out: str) -> tuple[pd.DataFrame, Path]:
+    """The costs of `models` and their presets (`rows`), counted and timed, written as presets.csv and presets.md
+    (`markdown(frame, seconds)`) into the folder that `--out` names in `argv` (default `default_out`); a script's
+    whole command line, its description the first line of `doc`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+    out = Path(parser.parse_args(argv).out)
     started = time.perf_counter()
     frame = pd.DataFrame(rows(models))
     seconds = time.perf_counter() - started
     out.mkdir(parents=True, exist_ok=True)
     frame.drop(columns=["paper_params", "paper_macs_G", "macs_error_pct"]).to_csv(out / "presets.csv", index=False)
     (out / "presets.md").write_text(markdown(frame, seconds))
-    return frame
+    return frame, out
 
 
 def markdown(frame: pd.DataFrame, seconds: float) -> str:

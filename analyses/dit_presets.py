@@ -7,8 +7,6 @@ FLUX.1-dev 11,901,408,320; Flux.1-Lite "8B").
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -37,11 +35,7 @@ def markdown(frame: pd.DataFrame, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="reports/dit", help="output folder (default reports/dit)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    frame = presets_report(MODELS, out, markdown)
+    frame, out = presets_report(MODELS, markdown, argv, __doc__, "reports/dit")
     print((out / "presets.md").read_text())
     return frame
 

@@ -7,8 +7,6 @@ could be read in a primary source.
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -39,11 +37,7 @@ def markdown(frame: pd.DataFrame, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="reports/sdxl", help="output folder (default reports/sdxl)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    frame = presets_report(("sdxl-base",), out, markdown)
+    frame, out = presets_report(("sdxl-base",), markdown, argv, __doc__, "reports/sdxl")
     for name, (_, _, published) in PUBLISHED.items():
         kept = frame.loc[frame["unet"] == name, "params_fraction" if published < 1 else "params"].item()
         print(f"{name}: {kept:,.4g} against the published {published:,.4g} ({kept / published:.3f}x)")
