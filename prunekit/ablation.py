@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit, all_units
+from prunekit.graph import all_units
+from prunekit.units import Unit
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[Unit]] = weakref.WeakKeyDictionary()
 

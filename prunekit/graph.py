@@ -1,87 +1,18 @@
-"""Units: the removable pieces of a diffusers denoiser, with their names and costs.
+"""The units of a denoiser with their costs, at each granularity: what inspect, sweeps and plans read.
 
-A Unit is data: a name, the module paths it covers, its parameters and MACs. Which units a denoiser has, and
-what they are called, is its family's (prunekit.families): a U-Net's `down1.pair1`, `mid`, `stage0`, a
-transformer's `joint3`, `single10.attn`, `block7.ff`. This module builds them (`enumerate_units`, `all_units`)
-and answers containment and overlap for any family.
+Which units a denoiser has, and what they are called, is its family's (prunekit.families): a U-Net's
+`down1.pair1`, `mid`, `stage0`, a transformer's `joint3`, `single10.attn`, `block7.ff`; what a unit is, is
+prunekit.units'. This module lists them for a module or a config (`enumerate_units`, `all_units`), with
+each unit's parameters and MACs counted at a number of text tokens.
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.units import Unit, UnitBuilder
 
 GRANULARITIES = ("block", "pair", "stage")
-
-
-@dataclass(frozen=True)
-class Unit:
-    """A removable piece of a denoiser: its modules and what they cost."""
-
-    name: str
-    kind: str  # U-Net: res | attn | pair | transformer | downsample | upsample | mid | stage; DiT: block | attn | ff
-    # | cross
-    stage: str  # U-Net: down{s} | mid | up{s} | stage{k}; DiT: the stack (joint | single | block)
-    modules: tuple[str, ...]
-    params: int
-    macs: int  # paper MACs of one step at the config's sample size (convolutions and linears)
-    full_macs: int  # MACs with the attention matmuls counted too
-    channels_in: int
-    channels_out: int
-    skip_channels: int  # channels of the skip connection an up-path resnet concatenates to its input
-    resolution: int  # side of the latent (or token grid) the unit works on
-    parent: str | None = None  # the unit this one lies inside (transformer layers, a block's parts)
-
-    def holds(self, path: str) -> bool:
-        """Whether module `path` lies inside one of this unit's modules (or is one)."""
-        return any(inside(path, module) for module in self.modules)
-
-    def contains(self, other: "Unit") -> bool:
-        """Whether `other` is another unit whose every module lies inside this one's: removing this removes it."""
-        return other.name != self.name and all(self.holds(path) for path in other.modules)
-
-    def overlap(self, other: "Unit") -> str | None:
-        """The outermost module path the two units share (one lies inside the other's), or None."""
-        for mine in self.modules:
-            for theirs in other.modules:
-                if inside(mine, theirs) or inside(theirs, mine):
-                    return min(mine, theirs, key=len)
-        return None
-
-
-def inside(path: str, container: str) -> bool:
-    """Whether module path `path` is `container` or lies inside it ("down_blocks.1.resnets.0" in "down_blocks.1")."""
-    return path == container or path.startswith(container + ".")
-
-
-@dataclass(frozen=True)
-class Removed:
-    """The module paths a set of removed units covers."""
-
-    paths: frozenset[str]
-
-    @classmethod
-    def of(cls, units) -> "Removed":
-        return cls(frozenset(path for unit in units for path in unit.modules))
-
-    def covers(self, path: str) -> bool:
-        """Whether module `path` is gone: it lies inside a removed module."""
-        return any(inside(path, removed) for removed in self.paths)
-
-    def state(self, unit: Unit) -> str:
-        """'removed' when every module of `unit` is gone, 'partial' when a removed module lies strictly inside one
-        of its modules (transformer layers of an attention), else 'kept'."""
-        if all(self.covers(path) for path in unit.modules):
-            return "removed"
-        return "partial" if any(path.startswith(module + ".") for path in self.paths for module in unit.modules) \
-            else "kept"
-
-
-def outermost(units: list[Unit]) -> list[Unit]:
-    """`units` without those another of them contains (removing the container removes them), order kept."""
-    return [u for u in units if not any(other.contains(u) for other in units)]
 
 
 def _meta_module(module_or_config) -> nn.Module:
@@ -93,29 +24,6 @@ def _meta_module(module_or_config) -> nn.Module:
         return module_or_config
     config = config_of(module_or_config)
     return family_of(config).build_meta(config)
-
-
-class _Builder:
-    """Collects units for one denoiser, filling costs from its modules and a per-module MAC table."""
-
-    def __init__(self, unet: nn.Module, module_macs: dict[str, int], full_macs: dict[str, int]):
-        self.unet, self.module_macs, self.full_macs = unet, module_macs, full_macs
-        self.modules = dict(unet.named_modules())
-        self.units: list[Unit] = []
-
-    def params(self, paths) -> int:
-        return sum(p.numel() for path in paths for p in self.modules[path].parameters())
-
-    def macs(self, paths) -> int:
-        prefixes = tuple(paths)
-        return sum(m for name, m in self.module_macs.items()
-                   if name in prefixes or name.startswith(tuple(p + "." for p in prefixes)))
-
-    def add(self, name, kind, stage, paths, c_in, c_out, resolution, skip=0, parent=None) -> None:
-        paths = tuple(paths)
-        full = sum(self.full_macs.get(path, 0) for path in paths)
-        self.units.append(Unit(name, kind, stage, paths, self.params(paths), self.macs(paths), full,
-                               int(c_in), int(c_out), int(skip), int(resolution), parent))
 
 
 def enumerate_units(model_or_config, granularity: str = "block", tokens: int | None = None,
@@ -135,23 +43,21 @@ def enumerate_units(model_or_config, granularity: str = "block", tokens: int | N
         raise PrunekitError(f"unknown granularity {granularity!r} for a {family.classes[0]}: use one of "
                             f"{', '.join(family.granularities)}.")
     tables = (module_macs(config, tokens), full_macs(config, tokens)) if costs else ({}, {})
-    b = _Builder(module, *tables)
+    b = UnitBuilder(module, *tables)
     family.add_units(b, module, granularity)
     return b.units
 
 
 def all_units(model_or_config, tokens: int | None = None, costs: bool = True) -> dict[str, Unit]:
-    """Every unit of every granularity by name: what a plan may name."""
+    """Every unit of every granularity by name: what a plan may name (without costs: its family's `units`)."""
     from prunekit.families import config_of, family_of
 
     module = _meta_module(model_or_config)
+    family = family_of(config_of(module))
+    if not costs:
+        return family.units(module)
     units: dict[str, Unit] = {}
-    for granularity in family_of(config_of(module)).granularities:
-        for unit in enumerate_units(module, granularity, tokens, costs):
+    for granularity in family.granularities:
+        for unit in enumerate_units(module, granularity, tokens):
             units.setdefault(unit.name, unit)
     return units
-
-
-def top_level(units: list[Unit]) -> list[Unit]:
-    """The units that lie inside no other listed unit: their costs add up without double counting."""
-    return [u for u in units if u.parent is None]

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from prunekit.costs import Costs, denoiser_costs, human
 from prunekit.families import family_of
-from prunekit.graph import Unit, enumerate_units, top_level
+from prunekit.graph import enumerate_units
+from prunekit.units import Unit, top_level
 from prunekit.models import unet_config
 
 

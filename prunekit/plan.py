@@ -170,7 +170,8 @@ def check_removal(teacher_config: dict, remove: list[str], kind: str = "diffuser
     """Refuse a remove list that names units the U-Net lacks, a unit twice, two units that overlap (one holds
     a module of the other), or every unit. Adjacent stages share the downsampler between them; a diffusers plan
     removes stages together from the inside out, so there they may overlap."""
-    from prunekit.graph import Removed, all_units, enumerate_units, top_level
+    from prunekit.graph import all_units, enumerate_units
+    from prunekit.units import Removed, top_level
 
     units = all_units(teacher_config, costs=False)
     unknown = [name for name in remove if name not in units]

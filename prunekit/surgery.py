@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Removed
+from prunekit.units import Removed
 from prunekit.weightmap import check_map, source_tensor
 
 KINDS = ("diffusers", "free")
@@ -58,14 +58,9 @@ class _Kept:
 
 def removed_modules(teacher, remove: list[str]) -> Removed:
     """The module paths of the units named in `remove`; unknown names raise one PrunekitError listing them."""
-    from prunekit.graph import all_units
+    from prunekit.families import config_of, family_of
 
-    units = all_units(teacher, costs=False)
-    unknown = [name for name in remove if name not in units]
-    if unknown:
-        raise PrunekitError(f"unknown unit name(s) {', '.join(unknown)}: run `prunekit inspect` on the model "
-                            "to list the units it has.")
-    return Removed.of(units[name] for name in remove)
+    return Removed.of(family_of(config_of(teacher)).named_units(teacher, remove))
 
 
 def _refuse_partial(removed: Removed) -> None:

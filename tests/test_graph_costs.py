@@ -5,7 +5,8 @@ import pytest
 
 from prunekit.costs import full_macs, denoiser_costs
 from prunekit.errors import PrunekitError
-from prunekit.graph import all_units, enumerate_units, top_level
+from prunekit.graph import all_units, enumerate_units
+from prunekit.units import top_level
 from prunekit.models import build_unet_meta, unet_config
 
 SD14_BLOCK_UNITS = (

@@ -201,7 +201,8 @@ def test_a_plan_whose_student_does_not_follow_from_its_remove_list_is_refused(ch
 
 
 def test_a_plan_that_removes_every_unit_is_refused(tmp_path):
-    from prunekit.graph import enumerate_units, top_level
+    from prunekit.graph import enumerate_units
+    from prunekit.units import top_level
 
     everything = [u.name for u in top_level(enumerate_units(TINY, "block", costs=False))]
     with pytest.raises(PrunekitError, match="removes every unit") as error:

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image, ImageStat
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Removed, Unit, all_units, enumerate_units
+from prunekit.graph import all_units, enumerate_units
+from prunekit.units import Removed, Unit
 from prunekit.models import fingerprint, unet_config
 from prunekit.plan import make_plan, preset_remove
 from prunekit.report import browser, build_report

@@ -57,8 +57,33 @@ class Family:
         raise NotImplementedError
 
     def add_units(self, builder, module, granularity: str) -> None:
-        """Add the units of `module` at `granularity` to `builder` (prunekit.graph), in forward order."""
+        """Add the units of `module` at `granularity` to `builder` (a prunekit.units.UnitBuilder), in forward
+        order."""
         raise NotImplementedError
+
+    def units(self, module_or_config) -> dict:
+        """Every unit of the denoiser (a module, or a config built on the meta device) at every granularity, by
+        name, without MACs: what a plan may name (prunekit.graph counts the costs)."""
+        from prunekit.units import UnitBuilder
+
+        module = self.build_meta(config_of(module_or_config)) if isinstance(module_or_config, dict) \
+            else module_or_config
+        units: dict = {}
+        for granularity in self.granularities:
+            builder = UnitBuilder(module, {}, {})
+            self.add_units(builder, module, granularity)
+            for unit in builder.units:
+                units.setdefault(unit.name, unit)
+        return units
+
+    def named_units(self, module_or_config, names: list[str]) -> list:
+        """The units `names` names, in that order; unknown names raise one PrunekitError listing them."""
+        units = self.units(module_or_config)
+        unknown = [name for name in names if name not in units]
+        if unknown:
+            raise PrunekitError(f"unknown unit name(s) {', '.join(unknown)}: run `prunekit inspect` on the model "
+                                "to list the units it has.")
+        return [units[name] for name in names]
 
     def depth(self, unit, config: dict) -> int:
         """How deep `unit` lies (what `prunekit inspect` prints)."""

@@ -145,14 +145,7 @@ class BlockFamily(Family):
     # -- surgery --------------------------------------------------------------------------------------------
     def kept_blocks(self, config: dict, remove: list[str]) -> dict[str, list[int]]:
         """Per stack (by prefix), the teacher indices of the blocks a plain student keeps."""
-        from prunekit.graph import all_units
-
-        units = all_units(config, costs=False)
-        unknown = [name for name in remove if name not in units]
-        if unknown:
-            raise PrunekitError(f"unknown unit name(s) {', '.join(unknown)}: run `prunekit inspect` on the model "
-                                "to list the units it has.")
-        parts = [name for name in remove if units[name].kind != "block"]
+        parts = [unit.name for unit in self.named_units(config, remove) if unit.kind != "block"]
         if parts:
             raise PrunekitError(f"a {self.classes[0]} config cannot drop {', '.join(parts)} alone (a block's "
                                 "attention or feed-forward): remove whole blocks, or ablate parts only to measure "

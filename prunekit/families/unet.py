@@ -13,6 +13,7 @@ import torch
 
 from prunekit.errors import PrunekitError
 from prunekit.families import Family
+from prunekit.units import inside
 
 UNET_CLASS = "UNet2DConditionModel"
 
@@ -210,7 +211,6 @@ class UNetFamily(Family):
 
     def standins(self, unet, unit, table: dict) -> list:
         from prunekit.standins import Passthrough
-        from prunekit.graph import inside
 
         if unit.kind != "stage":
             return [(path, _leaf_standin(unit, path)) for path in unit.modules]

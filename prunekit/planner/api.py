@@ -82,7 +82,8 @@ def output_path(out=None, sensitivity=None) -> Path:
 def _free_granularity(config: dict, loss_of: Additive) -> str:
     """The free kind's units for an additive objective: blocks where the run scores every block (as a
     block-granularity sweep does), else pairs (as a pair-granularity sweep does)."""
-    from prunekit.graph import enumerate_units, top_level
+    from prunekit.graph import enumerate_units
+    from prunekit.units import top_level
 
     try:
         loss_of([u.name for u in top_level(enumerate_units(config, "block", costs=False))])

@@ -34,7 +34,7 @@ import hashlib
 import json
 from contextlib import contextmanager
 
-from prunekit.graph import outermost
+from prunekit.units import outermost
 from prunekit.models import Model
 from prunekit.rundir import RunDir
 from prunekit.families import denoiser_of

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit, outermost
+from prunekit.units import Unit, outermost
 from prunekit.planner.cache import Cache
 
 OBJECTIVES = ("additive", "measured", "recoverable")  # the last: prunekit.planner.recoverable

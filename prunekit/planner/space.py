@@ -28,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit, all_units, enumerate_units, top_level
+from prunekit.graph import all_units, enumerate_units
+from prunekit.units import Unit, top_level
 from prunekit.surgery import KINDS
 
 COST_METRICS = ("params", "macs")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prunekit.graph import Removed, Unit
+from prunekit.units import Removed, Unit
 from prunekit.report.plots import KIND_COLORS, OTHER_COLOR
 
 BOX_W, BOX_H, GAP = 50, 26, 4  # a unit's box and the space between boxes

@@ -13,7 +13,7 @@ from pathlib import Path
 from prunekit import comparison, rundir
 from prunekit.costs import Costs
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit
+from prunekit.units import Unit
 from prunekit.plan import Plan
 from prunekit.planner.api import PARETO_COLUMNS
 from prunekit.rundir import INTERVAL_COLUMNS, UNIT_COLUMNS, RunDir, RunRecord, read_csv, read_json
@@ -103,7 +103,8 @@ def _prompts(images: Path) -> list[str] | None:
 def _teacher(name: str | None, fingerprint_expected: str | None) -> tuple[Teacher | None, str | None]:
     """The teacher of model `name` with its costs (no weights needed), or None and why not."""
     from prunekit.costs import denoiser_costs
-    from prunekit.graph import all_units, enumerate_units, top_level
+    from prunekit.graph import all_units, enumerate_units
+    from prunekit.units import top_level
     from prunekit.models import fingerprint, resolve_model
 
     if not name:

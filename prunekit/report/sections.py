@@ -15,7 +15,7 @@ from prunekit import comparison
 from prunekit.costs import human
 from prunekit.distill import final_student
 from prunekit.evaluate import headline
-from prunekit.graph import Removed
+from prunekit.units import Removed
 from prunekit.plan import PRESETS
 from prunekit.report import plots
 from prunekit.report.diagram import diagram as draw

@@ -19,7 +19,7 @@ from diffusers import UNet2DConditionModel
 
 from prunekit.conditioning import Conditioning
 from prunekit.errors import PrunekitError
-from prunekit.graph import Unit, inside
+from prunekit.units import Unit, inside
 
 State = tuple[torch.Tensor, tuple[torch.Tensor, ...]]  # a block's input: hidden state, skip connections so far
 NOISE_STREAM = 1  # keeps the proxy's noise seeds apart from the generations' (prunekit.generate.image_seeds)

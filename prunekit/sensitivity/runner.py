@@ -20,7 +20,7 @@ from prunekit import worlds
 from prunekit.families import denoiser_of
 from prunekit.generate import image_seeds
 from prunekit.metrics import clip_score
-from prunekit.graph import Unit
+from prunekit.units import Unit
 from prunekit.errors import PrunekitError
 from prunekit.models import Model
 from prunekit.options import merged

@@ -18,7 +18,8 @@ from prunekit import worlds
 from prunekit.conditioning import check_supported
 from prunekit.families import family_of
 from prunekit.errors import PrunekitError
-from prunekit.graph import GRANULARITIES, Unit, enumerate_units
+from prunekit.graph import GRANULARITIES, enumerate_units
+from prunekit.units import Unit
 from prunekit.metrics import METRICS, check_metrics, choose_clip
 from prunekit.models import Model, build_meta, resolve_model
 from prunekit.options import check_choice, check_count, check_number, resolve_device
