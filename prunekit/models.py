@@ -175,16 +175,6 @@ def from_hub(load, model: str):
         ) from None
 
 
-def build_unet_meta(config: dict) -> UNet2DConditionModel:
-    """The U-Net of `config` on the meta device: shapes and costs, no memory for weights. A config naming
-    removed units (a free student's, prunekit.students) gives that student."""
-    from prunekit.students import REMOVED_KEY, FreeUNet2DConditionModel
-
-    kind = FreeUNet2DConditionModel if config.get(REMOVED_KEY) else UNet2DConditionModel
-    with torch.device("meta"):
-        return kind.from_config(config)
-
-
 def check_unet_config(config, source: str) -> dict:
     """`config` if diffusers can build the denoiser it describes (a U-Net, or a transformer prunekit knows), else
     a PrunekitError naming `source`."""
@@ -248,22 +238,13 @@ def unet_config(model: str) -> dict:
 def load_unet(model: str, weights: bool = False, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
     """`model`'s U-Net: on the meta device when `weights` is False, else with its trained weights on the CPU."""
     if not weights:
-        return build_unet_meta(unet_config(model))
+        return build_meta(unet_config(model))
     return resolve_model(model).unet(dtype)
-
-
-def canonical_config(config: dict) -> dict:
-    """`config` with every default filled in and private keys dropped (but a transformer's class), as diffusers
-    builds it."""
-    from prunekit.families import denoiser_config, family_of
-
-    family = family_of(config)
-    return denoiser_config(dict(family.build_meta(config).config), family)
 
 
 def fingerprint(unet_or_config) -> str:
     """A hash of the denoiser's canonical config: two denoisers of the same architecture share it."""
-    from prunekit.families import config_of
+    from prunekit.families import canonical_config, config_of
 
     config = config_of(unet_or_config)
     text = json.dumps(canonical_config(config), sort_keys=True, default=list)

@@ -106,3 +106,15 @@ class UnitBuilder:
         full = sum(self.full_macs.get(path, 0) for path in paths)
         self.units.append(Unit(name, kind, stage, paths, self.params(paths), self.macs(paths), full,
                                int(c_in), int(c_out), int(skip), int(resolution), parent))
+
+
+def unit_table(module: nn.Module, add_units, granularities) -> dict[str, Unit]:
+    """Every unit of `module` at every one of `granularities` by name, the first listing winning, without
+    MACs: `add_units(builder, module, granularity)` is the family's lister."""
+    table: dict[str, Unit] = {}
+    for granularity in granularities:
+        builder = UnitBuilder(module, {}, {})
+        add_units(builder, module, granularity)
+        for unit in builder.units:
+            table.setdefault(unit.name, unit)
+    return table

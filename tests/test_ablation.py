@@ -8,7 +8,7 @@ from prunekit.ablation import ablate, ablated_units, compatible_units, unit_tabl
 from prunekit.standins import ChannelInterpolation
 from prunekit.costs import example_inputs
 from prunekit.errors import PrunekitError
-from prunekit.models import build_unet_meta, unet_config
+from prunekit.models import build_meta, unet_config
 
 _COMMON = dict(sample_size=16, layers_per_block=2, cross_attention_dim=32, norm_num_groups=8)
 SD1 = dict(_COMMON, block_out_channels=(32, 64, 64, 64), attention_head_dim=8,
@@ -121,7 +121,7 @@ def test_a_nested_overlap_is_refused_before_anything_changes(sd1):
 
 
 def test_transformer_layers_overlap_their_attention():
-    unet = build_unet_meta(SDXL)
+    unet = build_meta(SDXL)
     with pytest.raises(PrunekitError, match="down2.attn0.t1 and down2.attn0 overlap"):
         with ablate(unet, ["down2.attn0.t1", "down2.attn0"]):
             pass
@@ -174,7 +174,7 @@ def test_every_unit_of_the_real_configs_can_be_ablated_on_meta(model):
         config = unet_config(model)
     except PrunekitError:
         pytest.skip(f"{model} is not bundled in this checkout")
-    unet, inputs = build_unet_meta(config), example_inputs(config)
+    unet, inputs = build_meta(config), example_inputs(config)
     size = config["sample_size"]
     for unit in unit_table(unet).values():
         with ablate(unet, unit), torch.no_grad():

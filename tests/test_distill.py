@@ -18,7 +18,8 @@ from prunekit.shapes import data as shapes
 from prunekit.distill import distill
 from prunekit.distill.cache import Encoder, build_cache, cache_key
 from prunekit.distill.data import Captioned, EpochSampler, FolderSource, flips, open_source
-from prunekit.distill.features import FeatureTaps, feature_pairs, match_points
+from prunekit.distill.features import FeatureTaps, feature_pairs
+from prunekit.families.unet.features import match_points
 from prunekit.distill.losses import Weights, distill_losses, feature_loss
 from prunekit.schedules import noising_for
 from prunekit.errors import PrunekitError

@@ -7,7 +7,7 @@ from prunekit.costs import full_macs, denoiser_costs
 from prunekit.errors import PrunekitError
 from prunekit.graph import all_units, enumerate_units
 from prunekit.units import top_level
-from prunekit.models import build_unet_meta, unet_config
+from prunekit.models import build_meta, unet_config
 
 SD14_BLOCK_UNITS = (
     [f"down{s}.{kind}{i}" for s in range(3) for i in range(2) for kind in ("res", "attn")]
@@ -73,7 +73,7 @@ def test_sdxl_lists_transformer_layers_as_sub_units():
 @pytest.mark.parametrize("model", ["sd-v1-4", "sd-v2-1-base", "sdxl-base"])
 def test_top_level_units_and_the_rest_add_up_to_the_whole(model):
     config = unet_config(model)
-    unet = build_unet_meta(config)
+    unet = build_meta(config)
     rest = sum(p.numel() for name, p in unet.named_parameters()
                if not name.startswith(("down_blocks", "up_blocks", "mid_block")))
     for granularity in ("block", "pair"):

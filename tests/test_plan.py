@@ -6,7 +6,7 @@ import pytest
 
 import stand_ins
 from prunekit.errors import PrunekitError
-from prunekit.models import build_unet_meta, unet_config
+from prunekit.models import build_meta, unet_config
 from prunekit.plan import FORMAT, Plan, load, make_plan, make_preset, preset_remove, presets_for
 
 TINY = {
@@ -41,7 +41,7 @@ def test_sdxl_takes_its_own_presets_and_refuses_bk_sdms():
     """koala-like and ssd-like on sdxl-base: 1,161,184,324 and 1,331,334,404 parameters, the sizes of KOALA-1B's
     and SSD-1B's U-Net configs as ComfyUI's loader reads them (the papers say about 1.16B and 1.3B)."""
     config = unet_config("sdxl-base")
-    assert sum(p.numel() for p in build_unet_meta(config).parameters()) == 2_567_463_684
+    assert sum(p.numel() for p in build_meta(config).parameters()) == 2_567_463_684
     assert presets_for(config) == ["koala-like", "ssd-like"]
     koala, ssd = (make_preset(name, "sdxl-base", config) for name in ("koala-like", "ssd-like"))
     assert koala.predicted["params"] == 1_161_184_324 and ssd.predicted["params"] == 1_331_334_404
@@ -160,7 +160,7 @@ def test_every_kind_of_plan_builds_the_student_it_predicts(kind, remove, tmp_pat
     from prunekit.surgery import build_student
 
     made = make_plan("tiny", TINY, remove, "test", kind=kind)
-    student, report = build_student(build_unet_meta(TINY), Plan.load(made.save(tmp_path / "p.json"), TINY))
+    student, report = build_student(build_meta(TINY), Plan.load(made.save(tmp_path / "p.json"), TINY))
     params = sum(p.numel() for p in student.parameters())
     assert report.ok and params == made.predicted["params"] == denoiser_costs(made.student_config).params
     assert params < made.predicted["teacher_params"]

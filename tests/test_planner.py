@@ -16,14 +16,15 @@ from prunekit.cli import main
 from prunekit.costs import denoiser_costs
 from prunekit.errors import PrunekitError
 from prunekit.graph import all_units
-from prunekit.models import build_unet_meta, canonical_config, fingerprint, unet_config
+from prunekit.families import canonical_config
+from prunekit.models import build_meta, fingerprint, unet_config
 from prunekit.plan import Plan, preset_remove
 from prunekit.planner import latency, plan, summary
 from prunekit.planner.budget import Budget
 from prunekit.planner.objective import Additive
 from prunekit.planner.search import best_trial, search
 from prunekit.planner.space import DiffusersSpace, Layout, StageChoice
-from prunekit.surgery import student_config
+from prunekit.surgery import derive
 
 TINY = {
     "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -76,7 +77,7 @@ def tiny_space():
 
 def expressible(config: dict, remove: list[str]) -> bool:
     try:
-        student_config(config, remove)
+        derive(config, remove, "diffusers")
     except PrunekitError:
         return False
     return True
@@ -106,7 +107,7 @@ def test_costs_add_up_exactly(tiny_space):
     everything = list(tiny_space.states())
     picked = rng.sample(everything, 4) + [s for s in everything if s.dropped and s.mid == "keep"][:2]
     for state in picked:
-        student = denoiser_costs(student_config(TINY, tiny_space.remove(state))[0], full=False)
+        student = denoiser_costs(derive(TINY, tiny_space.remove(state), "diffusers")[0], full=False)
         assert tiny_space.fraction(state, "params") == pytest.approx(student.params / teacher.params, abs=1e-12)
         assert tiny_space.fraction(state, "macs") == pytest.approx(student.macs / teacher.macs, abs=1e-12)
 
@@ -124,7 +125,7 @@ def test_sdxl_attentions_lose_transformer_layers_in_the_space(tmp_path):
     assert len(everything) == len(set(everything)) == space.size()
     teacher = denoiser_costs(stand_ins.SDXL_UNET, full=False)
     for state in random.Random(0).sample(everything, 6) + [space.smallest("params")]:
-        student = denoiser_costs(student_config(stand_ins.SDXL_UNET, space.remove(state))[0], full=False)
+        student = denoiser_costs(derive(stand_ins.SDXL_UNET, space.remove(state), "diffusers")[0], full=False)
         assert space.fraction(state, "params") == pytest.approx(student.params / teacher.params, abs=1e-12)
         assert space.fraction(state, "macs") == pytest.approx(student.macs / teacher.macs, abs=1e-12)
     plans = {frozenset(space.remove(state)) for state in everything}
@@ -144,7 +145,7 @@ def test_sdxl_plans_at_transformer_depth_from_a_block_sweep(tmp_path):
                     trials=60, out=str(tmp_path / f"{method}.json"), progress=False)
         assert made.predicted["params_fraction"] <= 0.6 and made.kind == "diffusers"
         assert any(".t" in name for name in made.remove), made.remove
-        student_config(stand_ins.SDXL_UNET, made.remove)
+        derive(stand_ins.SDXL_UNET, made.remove, "diffusers")
 
 
 def test_presets_are_states_of_the_sd_space(sd, sd_space):
@@ -275,7 +276,7 @@ def test_latency_budget_times_each_candidate_once(tmp_path, monkeypatch):
         return sum(p.numel() for p in unet.parameters()) * 1e-9
 
     monkeypatch.setattr(latency.LatencyMeter, "_time", clock)
-    monkeypatch.setattr(latency.LatencyMeter, "_build", lambda self, config: build_unet_meta(config))
+    monkeypatch.setattr(latency.LatencyMeter, "_build", lambda self, config: build_meta(config))
     run = write_run(tmp_path / "run", TINY, random_table(TINY, seed=2))
     model = str(write_config(tmp_path))
     by_params = plan(model, budget=0.9, sensitivity=run, out=tmp_path / "p.json", progress=False)

@@ -19,7 +19,7 @@ from prunekit.conditioning import Conditioning
 from prunekit.errors import PrunekitError
 from prunekit.generate import generate_latents, image_seeds
 from prunekit.graph import enumerate_units
-from prunekit.models import ASSETS, build_unet_meta, unet_config
+from prunekit.models import ASSETS, build_meta, unet_config
 from prunekit.sensitivity import sensitivity
 from prunekit.sensitivity.pipelines import random_pipeline
 from prunekit.sensitivity.proxy import BlockForward, Proxy, fixed_timesteps
@@ -314,7 +314,7 @@ def test_proxy_sweep(tmp_path, pipe_dir, latents):
 def test_random_init_pipeline_has_sd_scale_on_the_meta_device():
     pipe = random_pipeline(unet_config("sd-v1-4"), "meta", seed=0)
     count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
-    assert count(pipe.unet) == count(build_unet_meta(unet_config("sd-v1-4"))) == 859_520_964
+    assert count(pipe.unet) == count(build_meta(unet_config("sd-v1-4"))) == 859_520_964
     assert count(pipe.vae) == 83_653_863  # SD's VAE
     assert pipe.text_encoder.config.hidden_size == 768 and pipe.text_encoder.config.num_hidden_layers == 12
     assert pipe.tokenizer.model_max_length == 77

@@ -8,9 +8,9 @@ from diffusers import UNet2DConditionModel
 
 import stand_ins
 from prunekit.errors import PrunekitError
-from prunekit.models import build_unet_meta, unet_config
+from prunekit.models import build_meta, unet_config
 from prunekit.plan import make_preset, preset_remove
-from prunekit.surgery import build_student, student_config
+from prunekit.surgery import build_student, derive
 
 TINY = {
     "sample_size": 16, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
@@ -22,7 +22,7 @@ PRESETS = ("bk-base", "bk-small", "bk-tiny")
 
 
 def params(config: dict) -> int:
-    return sum(p.numel() for p in build_unet_meta(config).parameters())
+    return sum(p.numel() for p in build_meta(config).parameters())
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +44,13 @@ def inputs(batch: int = 2):
 def test_preset_students_have_bk_sdm_params(model, expected):
     teacher_config = unet_config(model)
     for preset, count in zip(PRESETS, expected):
-        config, _ = student_config(teacher_config, preset_remove(preset, teacher_config))
+        config, _ = derive(teacher_config, preset_remove(preset, teacher_config), "diffusers")
         assert params(config) == count, preset
 
 
 def test_students_match_bk_sdm_published_configs():
     sd = unet_config("sd-v1-4")
-    base, small, tiny = (student_config(sd, preset_remove(p, sd))[0] for p in PRESETS)
+    base, small, tiny = (derive(sd, preset_remove(p, sd), "diffusers")[0] for p in PRESETS)
     for config in (base, small, tiny):
         assert config["layers_per_block"] == 1
     assert base["mid_block_type"] == "UNetMidBlock2DCrossAttn"
@@ -59,19 +59,19 @@ def test_students_match_bk_sdm_published_configs():
     assert tiny["block_out_channels"] == [320, 640, 1280]
     assert tiny["down_block_types"] == ["CrossAttnDownBlock2D"] * 3
     assert tiny["up_block_types"] == ["CrossAttnUpBlock2D"] * 3
-    unet = build_unet_meta(base)
+    unet = build_meta(base)
     assert [len(b.resnets) for b in unet.down_blocks] == [1, 1, 1, 1]
     assert [len(b.resnets) for b in unet.up_blocks] == [2, 2, 2, 2]
 
 
 def test_weight_maps_follow_the_presets():
     sd = unet_config("sd-v1-4")
-    _, base = student_config(sd, preset_remove("bk-base", sd))
+    _, base = derive(sd, preset_remove("bk-base", sd), "diffusers")
     assert base["up_blocks.1.resnets.1"] == "up_blocks.1.resnets.2"
     assert base["up_blocks.1.attentions.1"] == "up_blocks.1.attentions.2"
     assert base["down_blocks.2.downsamplers.0"] == "down_blocks.2.downsamplers.0"
     assert base["mid_block"] == "mid_block"
-    _, tiny = student_config(sd, preset_remove("bk-tiny", sd))
+    _, tiny = derive(sd, preset_remove("bk-tiny", sd), "diffusers")
     assert tiny["up_blocks.0.resnets.1"] == "up_blocks.1.resnets.2"
     assert tiny["up_blocks.0.upsamplers.0"] == "up_blocks.1.upsamplers.0"
     assert "mid_block" not in tiny and "down_blocks.2.downsamplers.0" not in tiny
@@ -81,7 +81,7 @@ def test_weight_maps_follow_the_presets():
 def test_student_tensors_are_the_teachers_bit_for_bit(teacher, preset, tmp_path):
     student, report = build_student(teacher, preset_remove(preset, TINY))
     assert report.ok and report.copied == len(student.state_dict()) and report.dropped > 0
-    _, weight_map = student_config(TINY, preset_remove(preset, TINY))
+    _, weight_map = derive(TINY, preset_remove(preset, TINY), "diffusers")
     teacher_state = teacher.state_dict()
     for key, tensor in student.state_dict().items():
         source = next(weight_map[p] + key[len(p):] for p in weight_map if key.startswith(p + "."))
@@ -109,7 +109,7 @@ def test_per_stage_layers_and_plain_blocks(teacher):
 
 
 def test_student_follows_the_teachers_device_and_dtype(teacher):
-    meta_student, report = build_student(build_unet_meta(TINY), preset_remove("bk-small", TINY))
+    meta_student, report = build_student(build_meta(TINY), preset_remove("bk-small", TINY))
     assert report.ok and meta_student.device.type == "meta"
     half, _ = build_student(copy.deepcopy(teacher).to(torch.bfloat16), preset_remove("bk-base", TINY))
     assert half.dtype == torch.bfloat16
@@ -139,7 +139,7 @@ def test_plan_is_applied_and_a_foreign_map_refused(teacher):
 ])
 def test_removals_without_a_standard_student_are_refused(remove, message):
     with pytest.raises(PrunekitError, match=message):
-        student_config(TINY, remove)
+        derive(TINY, remove, "diffusers")
 
 
 SDXL = stand_ins.SDXL_UNET
@@ -211,11 +211,11 @@ def test_the_mid_block_thins_or_keeps_one_resnet(tmp_path, remove, mid_type, mid
 ])
 def test_transformer_layers_without_a_diffusers_student_are_refused(remove, message):
     with pytest.raises(PrunekitError, match=message):
-        student_config(SDXL, remove)
+        derive(SDXL, remove, "diffusers")
 
 
 def test_the_innermost_attention_may_thin_when_the_mid_block_goes():
-    config, _ = student_config(SDXL, ["down2.attn0.t1", "mid"])
+    config, _ = derive(SDXL, ["down2.attn0.t1", "mid"], "diffusers")
     assert config["mid_block_type"] is None and config["transformer_layers_per_block"][2] == [2, 3]
 
 
@@ -223,5 +223,5 @@ def test_sdxl_base_loses_transformer_layers_at_their_exact_cost():
     """Five depth-10 layers at 1,280 channels (34,755,840 parameters each) and one at 640 (10,005,120)."""
     config = unet_config("sdxl-base")
     remove = [f"down2.attn1.t{k}" for k in range(5, 10)] + ["up1.attn2.t1"]
-    student, _ = student_config(config, remove)
+    student, _ = derive(config, remove, "diffusers")
     assert params(student) == params(config) - 5 * 34_755_840 - 10_005_120 == 2_383_679_364

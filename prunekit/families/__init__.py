@@ -4,8 +4,10 @@ A family is one object (`Family`) that general code asks instead of branching on
 build it on the meta device, the inputs of one step (for counting MACs), its units at each granularity, the
 parameter-free stand-ins that ablate them, and the plain diffusers student (config and weight map) that
 removing them leaves. `family_of(config)` picks the family of a config by its `_class_name`; a config without
-one is a U-Net's. Each family lives in one module of this package: unet (UNet2DConditionModel), and the
-transformer families sd3, flux, pixart and sana, which share the block-stack machinery of `blocks`.
+one is a U-Net's. Each family lives in this package: unet (UNet2DConditionModel, a package of its own), and
+the transformer families sd3, flux, pixart and sana, one module each, which share the block-stack machinery
+of `blocks`. A family's code imports only what lies below the families (prunekit.units, .standins,
+.weightmap), never the general code that asks it.
 """
 from __future__ import annotations
 
@@ -64,17 +66,11 @@ class Family:
     def units(self, module_or_config) -> dict:
         """Every unit of the denoiser (a module, or a config built on the meta device) at every granularity, by
         name, without MACs: what a plan may name (prunekit.graph counts the costs)."""
-        from prunekit.units import UnitBuilder
+        from prunekit.units import unit_table
 
         module = self.build_meta(config_of(module_or_config)) if isinstance(module_or_config, dict) \
             else module_or_config
-        units: dict = {}
-        for granularity in self.granularities:
-            builder = UnitBuilder(module, {}, {})
-            self.add_units(builder, module, granularity)
-            for unit in builder.units:
-                units.setdefault(unit.name, unit)
-        return units
+        return unit_table(module, self.add_units, self.granularities)
 
     def named_units(self, module_or_config, names: list[str]) -> list:
         """The units `names` names, in that order; unknown names raise one PrunekitError listing them."""
@@ -157,6 +153,13 @@ def denoiser_config(config: dict, family: Family) -> dict:
     config, and its fingerprint, stay what they were before there were families)."""
     plain = {key: value for key, value in config.items() if not key.startswith("_")}
     return plain if family is _default() else {"_class_name": family.classes[0], **plain}
+
+
+def canonical_config(config: dict) -> dict:
+    """`config` with every default filled in and private keys dropped (but a transformer's class), as diffusers
+    builds it."""
+    family = family_of(config)
+    return denoiser_config(dict(family.build_meta(config).config), family)
 
 
 def config_of(module_or_config) -> dict:

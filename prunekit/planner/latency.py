@@ -114,9 +114,9 @@ class LatencyMeter:
             return _time_cuda_graph(step) if self.timing == "cuda-graphs" else _time_eager(step)
 
     def _diffusers(self, remove: list[str]) -> float:
-        from prunekit.surgery import student_config
+        from prunekit.surgery import derive
 
-        config = student_config(self.config, remove)[0] if remove else self.config
+        config = derive(self.config, remove, "diffusers")[0] if remove else self.config
         unet = self._build(config)
         try:
             return self._time(unet, config)

@@ -163,12 +163,12 @@ class DiffusersSpace(Space):
 
     def _mid_resnet_expressible(self) -> bool:
         """Whether surgery can make a student whose mid block keeps one resnet (asked once)."""
-        from prunekit.surgery import student_config
+        from prunekit.surgery import derive
 
         if "mid.res1" not in self.units:
             return False
         try:
-            student_config(self.config, _MID_REMOVES["resnet"])
+            derive(self.config, _MID_REMOVES["resnet"], "diffusers")
         except PrunekitError:
             return False
         return True
@@ -242,14 +242,14 @@ class DiffusersSpace(Space):
         stages go: counted once per (m, mid, layers) on the student that only drops m stages and thins its
         innermost attentions to `layers`."""
         from prunekit.costs import denoiser_costs
-        from prunekit.surgery import student_config
+        from prunekit.surgery import derive
 
         if (m, mid, layers) not in self._corrections:
             state = replace(self.full(), dropped=m, mid=mid)
             state = self._normal(state, {name: layers for name in self.deep
                                          if name.startswith(f"down{self.n - 1 - m}.")})
             remove = self.remove(state)
-            config, _ = student_config(self.config, remove)
+            config, _ = derive(self.config, remove, "diffusers")
             exact = denoiser_costs(config, full=False).macs / self.teacher.macs
             self._corrections[m, mid, layers] = exact - self.additive_fraction(remove, "macs")
         return self._corrections[m, mid, layers]
