@@ -1,8 +1,7 @@
 """The U-Net's feature distillation points: its stage outputs, each matched to the teacher stage its weights came from.
 
-A U-Net's features are
-the outputs of every stage (`down_blocks.i`, `up_blocks.i`). A student stage is matched to
-the teacher stage its weights came from (read off the plan's weight map). Where the two stage outputs
+A U-Net's features are the outputs of every stage (`down_blocks.i`, `up_blocks.i`). A student stage is
+matched to the teacher stage its weights came from (read off the plan's weight map). Where the two stage outputs
 differ in shape, an earlier point of equal shape is taken by one general rule (`match_points`): walking
 back from the end of the teacher's stage through the outputs of its parts (resnets, attentions,
 samplers), the first teacher point whose shape the student's stage also produces is paired with the

@@ -184,7 +184,8 @@ def _config_and_blocks(teacher: nn.Module, removed: Removed):
 def _depths(blocks: list[_Kept], before) -> list:
     """Per-layer transformer depths of the kept `blocks` (diffusers' per-layer form); a block without
     attentions keeps its entry of `before`, which diffusers ignores."""
-    return [[len(layers) for layers in kept.layers] if kept.attentions else entry for kept, entry in zip(blocks, before)]
+    return [[len(layers) for layers in kept.layers] if kept.attentions else entry
+            for kept, entry in zip(blocks, before)]
 
 
 def _depth(attention) -> int:
