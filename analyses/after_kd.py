@@ -50,7 +50,7 @@ from prunekit.models import resolve_model  # noqa: E402
 from prunekit.plan import Plan, make_plan, make_preset  # noqa: E402
 from prunekit.planner import plan  # noqa: E402
 from prunekit.planner.budget import Budget  # noqa: E402
-from prunekit.planner.cache import Cache  # noqa: E402
+from prunekit.cache import Cache  # noqa: E402
 from prunekit.planner.measured import deferred_measurer  # noqa: E402
 from prunekit.planner.objective import Additive  # noqa: E402
 from prunekit.planner.recoverable import ENUMERABLE, RecoverOptions, Recoverable, feasible, random_plans  # noqa: E402

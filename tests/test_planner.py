@@ -19,7 +19,8 @@ from prunekit.graph import all_units
 from prunekit.families import canonical_config
 from prunekit.models import build_meta, fingerprint, unet_config
 from prunekit.plan import Plan, preset_remove
-from prunekit.planner import latency, plan, summary
+from prunekit import latency
+from prunekit.planner import plan, summary
 from prunekit.planner.budget import Budget
 from prunekit.planner.objective import Additive
 from prunekit.planner.search import best_trial, search

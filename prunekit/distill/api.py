@@ -167,11 +167,11 @@ class _Evaluation:
         write_atomically(self.path, json.dumps(self.data, indent=2) + "\n")
 
     def add_latency(self, plan: Plan, config: dict, device) -> None:
-        """The U-Net step latency of the teacher and of the plan's student on `device` (prunekit.planner.latency:
+        """The U-Net step latency of the teacher and of the plan's student on `device` (prunekit.latency:
         random weights, as latency does not depend on them)."""
         if not self.enabled or "latency" in self.data:
             return
-        from prunekit.planner.latency import LatencyMeter
+        from prunekit.latency import LatencyMeter
 
         meter = LatencyMeter(config, str(device))
         timing = meter.describe()

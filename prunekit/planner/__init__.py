@@ -2,8 +2,8 @@
 
 - space.py: what may be removed together, one space per plan kind (`diffusers`: plain diffusers students;
   `free`: any units, the student keeping prunekit's stand-ins)
-- objective.py: the loss of a candidate (additive sensitivity, or measured)
-- latency.py: the latency of a candidate, timed on a device
+- objective.py: the loss of a candidate (additive sensitivity, or measured); measured.py, recoverable.py
+  the measured and recoverable losses; budget.py the bounds (latency timed by prunekit.latency)
 - greedy.py, search.py: the two methods (greedy; Optuna TPE / NSGA-II)
 - api.py: `PlanOptions` and `plan(...)`, what `prunekit plan --budget` calls, and the printed `summary`
 """

@@ -18,7 +18,7 @@ from prunekit.models import Model, resolve_model
 from prunekit.options import check_choice, check_count, check_output_file, merged, resolve_device
 from prunekit.plan import PRESETS, Plan, make_plan, preset_remove, presets_for
 from prunekit.planner.budget import COSTS, Budget, imbalance
-from prunekit.planner.cache import Cache
+from prunekit.cache import Cache
 from prunekit.planner.objective import OBJECTIVES, Additive, Measured
 from prunekit.planner.recoverable import RecoverOptions, Recoverable
 from prunekit.planner.space import COST_METRICS, make_space
@@ -255,7 +255,7 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
     `force`; pareto.csv beside it with `pareto`) and returns the Plan.
     """
     from prunekit.planner.greedy import greedy
-    from prunekit.planner.latency import LatencyMeter
+    from prunekit.latency import LatencyMeter
     from prunekit.planner.search import front
 
     options = merged(PlanOptions, options, changes)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from prunekit.errors import PrunekitError
 from prunekit.units import Unit, outermost
-from prunekit.planner.cache import Cache
+from prunekit.cache import Cache
 
 OBJECTIVES = ("additive", "measured", "recoverable")  # the last: prunekit.planner.recoverable
 

@@ -1,4 +1,4 @@
-"""A small persistent store of numbers by key: each planner candidate is measured (or timed) only once.
+"""A small persistent store of numbers by key: each candidate is measured (or timed) only once.
 
 Backed by one SQLite table in the run directory, so an interrupted search keeps what it measured and
 several processes on one machine may share it; without a path it lives in memory.

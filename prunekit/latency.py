@@ -14,7 +14,7 @@ import time
 import torch
 
 from prunekit.options import resolve_device
-from prunekit.planner.cache import Cache
+from prunekit.cache import Cache
 
 
 def _time_eager(step, min_seconds: float = 0.5, min_runs: int = 3, max_runs: int = 200) -> float:
