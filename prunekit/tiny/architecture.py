@@ -110,14 +110,14 @@ def sdxl_pipeline(vae_model: AutoencoderKL, text_model: CLIPTextModel, text_mode
 
 
 def sd3_transformer(text_widths: tuple[int, int], pooled_width: int, width: int = 64, heads: int = 2,
-                    layers: int = 24, patch: int = 1) -> SD3Transformer2DModel:
-    """SD3-medium's MMDiT topology (`layers` joint blocks, the last text-free) over 4x16x16 latents in
-    `patch` x `patch` patches, `width` wide in `heads` heads, attending to two text encoders `text_widths` wide (concatenated)
+                    layers: int = 24) -> SD3Transformer2DModel:
+    """SD3-medium's MMDiT topology (`layers` joint blocks, the last text-free) over 4x16x16 latents in 2x2
+    patches, `width` wide in `heads` heads, attending to two text encoders `text_widths` wide (concatenated)
     and conditioned on their pooled embeddings (`pooled_width`, concatenated)."""
-    return SD3Transformer2DModel(sample_size=LATENT_SIZE, patch_size=patch, in_channels=4, out_channels=4,
+    return SD3Transformer2DModel(sample_size=LATENT_SIZE, patch_size=2, in_channels=4, out_channels=4,
                                  num_layers=layers, attention_head_dim=width // heads, num_attention_heads=heads,
                                  joint_attention_dim=sum(text_widths), caption_projection_dim=width,
-                                 pooled_projection_dim=pooled_width, pos_embed_max_size=LATENT_SIZE // patch)
+                                 pooled_projection_dim=pooled_width, pos_embed_max_size=LATENT_SIZE // 2)
 
 
 def flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
