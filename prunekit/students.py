@@ -14,6 +14,12 @@ import json
 from pathlib import Path
 
 from prunekit.errors import PrunekitError
+from prunekit.families.unet.free import FreeUNet2DConditionModel, ModelMixin
+
+# Free students saved before the U-Net family became a package name this module in model_index.json: diffusers
+# looks their class up here, and ModelMixin (for its loading method) beside it.
+__all__ = ["FreeUNet2DConditionModel", "MANIFEST", "ModelMixin", "load_student", "load_student_unet", "pipeline_with",
+           "write_manifest"]
 
 MANIFEST = "prunekit_student.json"
 MANIFEST_FORMAT = "prunekit.student/1"

@@ -498,6 +498,11 @@ def test_every_kind_distils_into_a_student_that_reloads_with_the_plans_parameter
     if kind == "free":  # plain diffusers finds no weights to fill the removed modules with, and says so
         with pytest.raises(OSError):
             UNet2DConditionModel.from_pretrained(out / "student" / "unet")
+        index = json.loads((out / "student" / "model_index.json").read_text())
+        assert index["unet"] == ["prunekit.families.unet.free", "FreeUNet2DConditionModel"]
+        index["unet"][0] = "prunekit.students"  # as free students saved before the U-Net family's package named it
+        (out / "student" / "model_index.json").write_text(json.dumps(index))
+        assert type(load_student(out / "student").unet) is type(reloaded.unet)
     else:
         assert type(reloaded.unet) is UNet2DConditionModel
     ema = load_student_unet(out / "student_ema")
