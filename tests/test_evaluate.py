@@ -82,8 +82,11 @@ def test_generation_does_not_depend_on_batch_size(pipe):
     seeds = image_seeds(0, 3)
     batched = generate(pipe, prompts, seeds, steps=2, batch_size=3, progress=False)
     single = generate(pipe, prompts[1:], seeds[1:], steps=2, batch_size=1, progress=False)
-    assert [np.asarray(image).tolist() for image in batched[1:]] == [np.asarray(image).tolist() for image in single]
-    assert np.asarray(batched[0]).tolist() != np.asarray(batched[1]).tolist()  # same prompt, other noise
+    pixels = [np.asarray(image, dtype=int) for image in batched + single]
+    # Equal up to the last bit of a pixel: some CPUs' kernels round differently at another batch size (AMD EPYC:
+    # one value in 12,000 is one level apart).
+    assert all(np.abs(pixels[k] - pixels[k + 2]).max() <= 1 for k in (1, 2))
+    assert np.abs(pixels[0] - pixels[1]).mean() > 10  # same prompt, other noise
 
 
 def test_image_seeds():
