@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import statistics
 import time
@@ -47,7 +46,7 @@ from prunekit.distill import DistillOptions, checkpoints, distill  # noqa: E402
 from prunekit.evaluate import evaluate  # noqa: E402
 from prunekit.graph import all_units  # noqa: E402
 from prunekit.models import resolve_model  # noqa: E402
-from prunekit.plan import Plan, make_plan, make_preset  # noqa: E402
+from prunekit.plan import Plan, make_plan  # noqa: E402
 from prunekit.planner import plan  # noqa: E402
 from prunekit.planner.budget import Budget  # noqa: E402
 from prunekit.cache import Cache  # noqa: E402
@@ -81,13 +80,6 @@ def quality(model, pipe, args) -> dict[str, float]:
     return {"attr_all": result["attribute_accuracy"]["all"], "clip_score": result["clip_score"]}
 
 
-def budget_of(model, preset: str) -> Budget:
-    """A preset's own cost: its parameters and MACs, rounded up at the fourth decimal (so it fits itself)."""
-    made = make_preset(preset, model.name, model.config).predicted
-    up = lambda value: math.ceil(value * 1e4) / 1e4  # noqa: E731
-    return Budget.parse({"params": up(made["params_fraction"]), "macs": up(made["macs_fraction"])})
-
-
 def sampled(space: Space, costs, budget: Budget, count: int, seed: int, exclude) -> list[dict]:
     """`count` random plans of a space too large to list: states drawn uniformly (seeded) within the budget and
     using at least 90% of a bound, none of `exclude`."""
@@ -107,7 +99,7 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
     from prunekit.plan import preset_remove
 
     additive = Additive(run.sensitivities(), all_units(model.config, costs=False))
-    space = make_space("diffusers", model.config, scorable=additive.scores)  # the planner's space for this sweep
+    space = make_space("diffusers", model.config, scorable=additive.scores, tokens=model.tokens)  # the planner's space for this sweep
     found = [{"method": f"preset:{preset}", "remove": preset_remove(preset, model.config)}]
     for objective in args.objectives:
         timing = work / f"search-{objective}.json"  # the first search's wall time: a rerun resumes from storage
@@ -144,7 +136,7 @@ def retrain(model, remove: list[str], folder: Path, args) -> list[dict]:
     folder.mkdir(parents=True, exist_ok=True)
     plan_path = folder / "plan.json"
     if not plan_path.is_file():
-        make_plan(model.name, model.config, remove, "after-kd candidate").save(plan_path)
+        make_plan(model.name, model.config, remove, "after-kd candidate", tokens=model.tokens).save(plan_path)
     elif sorted(Plan.load(plan_path).remove) != sorted(remove):  # a slug reused by another plan: never mix runs
         raise SystemExit(f"{folder} holds another plan's runs; move it away or choose another --work.")
     scores = []
@@ -352,11 +344,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     rows, timings, cost_rows, compared = [], [], [], []
     for preset in args.presets.split(","):
-        budget = budget_of(model, preset)
+        budget = Budget.of_preset(preset, model.config, model.tokens)
         work = args.work / preset
         found = candidates(model, run, preset, budget, args, work)
         for candidate in found:
-            made = make_plan(model.name, model.config, candidate["remove"], "after-kd candidate")
+            made = make_plan(model.name, model.config, candidate["remove"], "after-kd candidate", tokens=model.tokens)
             slug = "-".join(candidate["method"].split(" = ")[0].replace(":", "-").split())
             started = time.perf_counter()
             scores = retrain(model, candidate["remove"], work / slug, args)

@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     model = resolve_model(args.model)
-    plan = make_preset(args.preset, args.model, model.config)
+    plan = make_preset(args.preset, args.model, model.config, model.tokens)
     plan_path = plan.save(work / "plan.json")
     params = {"teacher": plan.predicted["teacher_params"], "surgery (no retraining)": plan.predicted["params"],
               **{name: plan.predicted["params"] for name in ARMS}}

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = resolve_model(args.model)
     plan = work / "plan.json"
     if not plan.is_file():
-        make_preset(args.preset, model.name, model.config).save(plan)
+        make_preset(args.preset, model.name, model.config, model.tokens).save(plan)
     options = DistillOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                              warmup=args.warmup, ema=args.ema, ema_decay=args.ema_decay, feat_norm=args.feat_norm,
                              caption_dropout=args.caption_dropout,

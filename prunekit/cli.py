@@ -76,12 +76,14 @@ def _preset(args) -> None:
     from prunekit.plan import make_preset
 
     output = check_output_file("plan.json" if args.out is None else args.out, "plan", replace=args.force)
-    made = make_preset(args.preset, args.model, resolve_model(args.model).config)
+    model = resolve_model(args.model)
+    made = make_preset(args.preset, args.model, model.config, model.tokens)
     made.save(output)
     predicted = made.predicted
     print(f"{made.method} for {args.model}: removes {len(made.remove)} units -> {output}")
     print(f"  params {predicted['params']:,} ({predicted['params_fraction']:.4f} of the teacher's)")
-    print(f"  MACs   {predicted['macs'] / 1e9:.1f}G per step ({predicted['macs_fraction']:.4f} of the teacher's)")
+    print(f"  MACs   {predicted['macs'] / 1e9:.1f}G per step at {predicted['tokens']} text tokens "
+          f"({predicted['macs_fraction']:.4f} of the teacher's)")
 
 
 def _distill(args) -> None:

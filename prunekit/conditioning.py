@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.errors import PrunekitError
-
-NO_T5_TOKENS = 1  # zero tokens in T5's place for an SD3 pipeline without T5 (diffusers' default: 256)
+from prunekit.families.sd3 import NO_T5_TOKENS
 
 
 def is_sdxl(unet_config: dict) -> bool:

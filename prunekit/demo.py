@@ -130,7 +130,7 @@ def demo(out: str | Path = "runs/demo", settings: DemoSettings = DemoSettings(),
         preset = run.compare / settings.budget
         with stages.stage(f"compare: retrain BK-SDM's {settings.budget} the same way"):
             model = resolve_model(MODEL)
-            preset_plan = make_preset(settings.budget, MODEL, model.config)
+            preset_plan = make_preset(settings.budget, MODEL, model.config, model.tokens)
             preset_plan.save(preset / "plan.json")
             theirs = _distill(preset / "plan.json", preset / "distill", run, settings, progress)
             budget = Budget.parse(student_plan.budget)

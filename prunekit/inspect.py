@@ -8,7 +8,7 @@ from prunekit.costs import Costs, denoiser_costs, human
 from prunekit.families import family_of
 from prunekit.graph import enumerate_units
 from prunekit.units import Unit, top_level
-from prunekit.models import unet_config
+from prunekit.models import resolve_model
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class Inspection:
     units: list[Unit]
     total: Costs
     config: dict  # the denoiser's
+    tokens: int  # the text tokens of one step that the MACs are counted at
 
     def rows(self) -> list[dict]:
         return [
@@ -33,15 +34,18 @@ class Inspection:
 
     def summary(self) -> dict:
         listed = top_level(self.units)
-        return {"model": self.model, "granularity": self.granularity, "units": len(self.units),
+        return {"model": self.model, "granularity": self.granularity, "units": len(self.units), "tokens": self.tokens,
                 "params": self.total.params, "macs": self.total.macs, "full_macs": self.total.full_macs,
                 "removable_params": sum(u.params for u in listed), "removable_macs": sum(u.macs for u in listed)}
 
 
 def inspect_model(model: str, granularity: str = "block") -> Inspection:
-    """The units of `model`'s denoiser at `granularity`, counted on the meta device (no weights needed)."""
-    config = unet_config(model)
-    return Inspection(model, granularity, enumerate_units(config, granularity), denoiser_costs(config), config)
+    """The units of `model`'s denoiser at `granularity`, counted on the meta device (no weights needed) at the
+    text length of the model's pipeline."""
+    resolved = resolve_model(model)
+    config, tokens = resolved.config, resolved.tokens
+    return Inspection(model, granularity, enumerate_units(config, granularity, tokens), denoiser_costs(config, tokens),
+                      config, tokens)
 
 
 def format_table(rows: list[dict], columns: list[tuple[str, str]], formats: dict | None = None) -> str:
@@ -73,7 +77,8 @@ def render(inspection: Inspection, fmt: str = "table") -> str:
     footer = (
         f"{inspection.model}: {summary['units']} units at {inspection.granularity} granularity; "
         f"{family_of(inspection.config).classes[0]} "
-        f"{total.params:,} params, {human(total.macs)} MACs per step ({human(total.full_macs)} with attention); "
+        f"{total.params:,} params, {human(total.macs)} MACs per step at {inspection.tokens} text tokens "
+        f"({human(total.full_macs)} with attention); "
         f"top-level units hold {summary['removable_params'] / total.params:.1%} of params, "
         f"{summary['removable_macs'] / total.macs:.1%} of MACs."
     )

@@ -1,4 +1,5 @@
-"""Latency: seconds per U-Net step (batch 1 by default) of candidate students on a device.
+"""Latency: seconds per denoiser step (batch 1 and the model's text length by default) of candidate students on a
+device.
 
 A diffusers candidate is its surgery student (random weights); a free one is the teacher with random
 weights and the candidate ablated (prunekit's stand-ins, as its student has them). On a CUDA device the step
@@ -60,25 +61,29 @@ def _cast(inputs: dict, dtype: torch.dtype) -> dict:
 
 
 class LatencyMeter:
-    """Times candidate students of the U-Net of `teacher_config` on `device` (see the module docstring)."""
+    """Times candidate students of the denoiser of `teacher_config` on `device`, its text `tokens` long (None:
+    the family's length; see the module docstring)."""
 
-    def __init__(self, teacher_config: dict, device: str = "cpu", cache: Cache | None = None, batch: int = 1):
+    def __init__(self, teacher_config: dict, device: str = "cpu", cache: Cache | None = None, batch: int = 1,
+                 tokens: int | None = None):
+        from prunekit.families import family_of
         from prunekit.models import fingerprint
 
         self.device = torch.device(resolve_device(device))
         cuda = self.device.type == "cuda"
         self.config, self.batch = teacher_config, batch
+        self.tokens = family_of(teacher_config).tokens if tokens is None else tokens
         self.timing = "cuda-graphs" if cuda else "eager"
         self.dtype = torch.float16 if cuda else torch.float32
         self.name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
         self.cache = cache or Cache(None, "latency")
-        self.prefix = f"{fingerprint(teacher_config)[:23]}|{self.name}|{self.dtype}|{self.timing}|batch {batch}"
+        self.prefix = f"{fingerprint(teacher_config)[:23]}|{self.name}|{self.dtype}|{self.timing}|batch {batch}|{self.tokens} tokens"
         self._teacher = None  # the random-weight teacher that free candidates are ablated from
 
     def describe(self) -> dict:
         """How the timings were taken: what a plan records next to its predicted latency."""
         return {"device": self.name, "timing": self.timing, "dtype": str(self.dtype).removeprefix("torch."),
-                "batch": self.batch, "teacher_ms": 1000 * self.seconds([])}
+                "batch": self.batch, "tokens": self.tokens, "teacher_ms": 1000 * self.seconds([])}
 
     def fraction(self, remove: list[str], kind: str = "diffusers") -> float:
         """The candidate's latency as a fraction of the teacher's."""
@@ -95,18 +100,18 @@ class LatencyMeter:
         return value
 
     def _build(self, config: dict):
-        from diffusers import UNet2DConditionModel
+        from prunekit.families import family_of
 
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(0)  # random weights, the same for every candidate, the caller's RNG left alone
             with torch.device(self.device):
-                unet = UNet2DConditionModel.from_config(config).eval()
+                unet = family_of(config).model_class(config).from_config(config).eval()
         return unet.half() if self.dtype == torch.float16 else unet
 
     def _time(self, unet, config: dict) -> float:
         from prunekit.costs import example_inputs
 
-        inputs = _cast(example_inputs(config, self.batch, device=self.device), self.dtype)
+        inputs = _cast(example_inputs(config, self.batch, self.tokens, self.device), self.dtype)
         with torch.no_grad():
             def step():
                 return unet(**inputs)

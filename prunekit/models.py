@@ -279,6 +279,23 @@ class Model:
     def fingerprint(self) -> str:
         return fingerprint(self.config)
 
+    @functools.cached_property
+    def tokens(self) -> int:
+        """Text tokens of one denoising step as the model's pipeline encodes a prompt, which its MACs are counted
+        at: from a local pipeline's first tokenizer (tiny-sd: 32), else its family's published length (SD: 77)."""
+        from prunekit.families import family_of
+
+        family = family_of(self.config)
+        folder = Path(self.location)
+        tokenizer = folder / "tokenizer" / "tokenizer_config.json"
+        if not (self.local and (folder / "model_index.json").is_file() and tokenizer.is_file()):
+            return family.tokens
+        settings = _read_json(tokenizer)
+        length = settings.get("model_max_length") if isinstance(settings, dict) else None
+        if not isinstance(length, int) or isinstance(length, bool) or not 0 < length <= 100_000:
+            return family.tokens  # a tokenizer without a usable length: the family's
+        return family.pipeline_tokens(_read_json(folder / "model_index.json"), length)
+
     def unet(self, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:
         """The U-Net with its trained weights, on the CPU."""
         if self.local:

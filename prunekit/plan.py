@@ -42,7 +42,7 @@ class Plan:
     weight_map: dict[str, str]  # student module path -> teacher module path
     kind: str = "diffusers"  # prunekit.surgery.KINDS
     budget: dict | None = None  # {"metric": "params", "fraction": 0.6}; None for presets
-    predicted: dict = field(default_factory=dict)  # params, params_fraction, macs, macs_fraction, ...
+    predicted: dict = field(default_factory=dict)  # params, params_fraction, macs, macs_fraction, tokens, ...
     provenance: dict = field(default_factory=dict)  # prunekit version, created, ...
 
     def to_dict(self) -> dict:
@@ -203,25 +203,30 @@ def provenance(**extra) -> dict:
 
 
 def make_plan(model_name: str, teacher_config: dict, remove: list[str], method: str,
-              budget: dict | None = None, kind: str = "diffusers", **predicted) -> Plan:
+              budget: dict | None = None, kind: str = "diffusers", tokens: int | None = None, **predicted) -> Plan:
     """A Plan of `kind` removing `remove` from the teacher: student config and weight map, and its costs counted
-    exactly on the student (on the meta device)."""
+    exactly on the student (on the meta device) at `tokens` text tokens (None: the family's length), which it
+    records."""
     from prunekit.costs import denoiser_costs
+    from prunekit.families import family_of
     from prunekit.models import fingerprint
     from prunekit.surgery import derive
 
     check_removal(teacher_config, list(remove), kind)
     config, weight_map = derive(teacher_config, list(remove), kind)
-    teacher, student = denoiser_costs(teacher_config), denoiser_costs(config)
+    tokens = family_of(teacher_config).tokens if tokens is None else tokens
+    teacher, student = denoiser_costs(teacher_config, tokens), denoiser_costs(config, tokens)
     fractions = student.fraction_of(teacher)
     costs = {"params": student.params, "params_fraction": fractions["params"],
              "macs": student.macs, "macs_fraction": fractions["macs"],
              "full_macs": student.full_macs, "full_macs_fraction": fractions["full_macs"],
-             "teacher_params": teacher.params, "teacher_macs": teacher.macs, **predicted}
+             "teacher_params": teacher.params, "teacher_macs": teacher.macs, "tokens": tokens, **predicted}
     return Plan(model_name, fingerprint(teacher_config), method, list(remove), config, weight_map, kind,
                 budget, costs, provenance())
 
 
-def make_preset(name: str, model_name: str, teacher_config: dict) -> Plan:
-    """The plan of BK-SDM preset `name` for the U-Net of `teacher_config` (see the module docstring)."""
-    return make_plan(model_name, teacher_config, preset_remove(name, teacher_config), f"preset:{name}")
+def make_preset(name: str, model_name: str, teacher_config: dict, tokens: int | None = None) -> Plan:
+    """The plan of preset `name` for the denoiser of `teacher_config`, its costs at `tokens` text tokens (see
+    make_plan and the module docstring)."""
+    return make_plan(model_name, teacher_config, preset_remove(name, teacher_config), f"preset:{name}",
+                     tokens=tokens)

@@ -7,7 +7,7 @@ from prunekit.costs import full_macs, denoiser_costs
 from prunekit.errors import PrunekitError
 from prunekit.graph import all_units, enumerate_units
 from prunekit.units import top_level
-from prunekit.models import build_meta, unet_config
+from prunekit.models import build_meta, resolve_model, unet_config
 
 SD14_BLOCK_UNITS = (
     [f"down{s}.{kind}{i}" for s in range(3) for i in range(2) for kind in ("res", "attn")]
@@ -35,6 +35,40 @@ def test_sdxl_full_macs_count_is_fast_and_includes_attention():
     costs = denoiser_costs(config)
     assert time.perf_counter() - start < 10
     assert costs.full_macs > costs.macs
+
+
+@pytest.mark.parametrize("model, tokens", [("tiny-sd", 32), ("tiny-sdxl", 32), ("sd-v1-4", 77), ("sdxl-base", 77),
+                                           ("sd3-medium", 77 + 256), ("flux-dev", 512)])
+def test_a_model_counts_its_macs_at_its_pipelines_text_length(model, tokens):
+    assert resolve_model(model).tokens == tokens
+
+
+def test_the_text_length_is_what_the_pipeline_hands_its_denoiser(pipe_dir, sd3_dir):
+    """For a local pipeline, Model.tokens is the length of its own prompt encoding (SD3 without T5: the CLIP
+    tokens and one zero token in T5's place)."""
+    from prunekit.conditioning import encode
+
+    for directory in (pipe_dir, sd3_dir):
+        model = resolve_model(directory)
+        positive, _ = encode(model.pipeline(), ["a red circle"])
+        assert positive.embeds.shape[1] == model.tokens
+    assert resolve_model(sd3_dir).tokens == resolve_model(pipe_dir).tokens + 1
+
+
+def test_inspect_and_plans_count_macs_at_the_models_text_length(capsys):
+    from prunekit.cli import main
+    from prunekit.inspect import inspect_model
+    from prunekit.plan import make_preset
+
+    inspection = inspect_model("tiny-sd")
+    config = inspection.config
+    assert inspection.tokens == 32
+    assert inspection.total.macs == denoiser_costs(config, 32).macs < denoiser_costs(config, 77).macs
+    made = make_preset("bk-small", "tiny-sd", config, 32)
+    assert made.predicted["tokens"] == 32 and made.predicted["teacher_macs"] == inspection.total.macs
+    assert make_preset("bk-small", "tiny-sd", config).predicted["tokens"] == 77  # no length given: SD's
+    main(["inspect", "tiny-sd"])
+    assert "at 32 text tokens" in capsys.readouterr().out
 
 
 def test_sd14_block_units_have_design_names():

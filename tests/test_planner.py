@@ -267,6 +267,21 @@ def test_measured_objective_measures_each_candidate_once(tmp_path):
 
 
 
+def test_a_plan_is_costed_at_the_models_text_length(tmp_path):
+    """tiny-sd's pipeline encodes 32 tokens: its plans, a preset's budget and latency timings all count 32."""
+    from prunekit.models import resolve_model
+
+    config = resolve_model("tiny-sd").config
+    run = write_run(tmp_path / "run", config, random_table(config, seed=3), name="tiny-sd")
+    made = plan("tiny-sd", budget="bk-small", sensitivity=run, out=tmp_path / "p.json", progress=False)
+    assert made.predicted["tokens"] == Plan.load(tmp_path / "p.json").predicted["tokens"] == 32
+    exact = denoiser_costs(made.student_config, 32).macs / denoiser_costs(config, 32).macs
+    assert made.predicted["macs_fraction"] == pytest.approx(exact)
+    assert Budget.parse(made.budget) == Budget.of_preset("bk-small", config, 32) != Budget.of_preset("bk-small", config)
+    assert "|32 tokens" in latency.LatencyMeter(config, "cpu", tokens=32).prefix
+    assert "|77 tokens" in latency.LatencyMeter(config, "cpu").prefix
+
+
 def test_latency_budget_times_each_candidate_once(tmp_path, monkeypatch):
     """With a stand-in clock proportional to the parameters that run (on meta students), a latency budget plans
     as a parameter budget does."""

@@ -173,7 +173,7 @@ class _Evaluation:
             return
         from prunekit.latency import LatencyMeter
 
-        meter = LatencyMeter(config, str(device))
+        meter = LatencyMeter(config, str(device), tokens=plan.predicted.get("tokens"))
         timing = meter.describe()
         student_ms = 1000 * meter.seconds(plan.remove, plan.kind)
         self.data = {"latency": {**timing, "student_ms": student_ms, "speedup": timing["teacher_ms"] / student_ms},

@@ -20,7 +20,7 @@ class Family:
     name: str  # "unet", "sd3", ...
     classes: tuple[str, ...]  # the diffusers class names it builds (the first is the plain one)
     folder: str  # the pipeline's subfolder holding it: "unet" or "transformer"
-    tokens: int  # text tokens of one step's inputs when costs are counted
+    tokens: int  # text tokens of one step's inputs when costs are counted, for a model without its pipeline
     granularities: tuple[str, ...]  # the unit granularities it lists, the first the finest
     free_plans: bool  # whether it takes free plans (parameter-free stand-ins kept in the student)
     runs_pipelines: bool  # whether prunekit samples, sweeps and distils its pipelines (else architecture work only)
@@ -52,6 +52,11 @@ class Family:
     def example_inputs(self, config: dict, batch: int, tokens: int, device) -> dict:
         """Keyword inputs of one denoising step at the config's sample size."""
         raise NotImplementedError
+
+    def pipeline_tokens(self, index: dict, tokenizer_length: int) -> int:
+        """Text tokens of one step as the pipeline of `index` (its model_index.json) encodes a prompt, its first
+        tokenizer taking `tokenizer_length`: the family's published length unless the family says otherwise."""
+        return self.tokens
 
     def predict(self, module, sample, timestep, conditioning):
         """The denoiser's prediction for `sample` at `timestep` (as the model reads it) under `conditioning`

@@ -118,7 +118,7 @@ class BlockFamily(Family):
 
     def footnote(self, config: dict) -> str:
         return ("MACs count linears and convolutions as torch-pruning does; MACs+attn is torch's FLOP counter halved, "
-                f"which adds the attention matmuls ({self.tokens} text tokens). depth: the block's place in forward "
+                "which adds the attention matmuls. depth: the block's place in forward "
                 "order (0 runs first). attn, ff and cross are a block's attention, feed-forward and cross-attention: "
                 "ablated, they add nothing to the block's residual; only whole blocks go in a diffusers student.")
 

@@ -15,6 +15,9 @@ import torch
 
 from prunekit.families.blocks import BlockFamily, Part, Stack
 
+NO_T5_TOKENS = 1  # zero tokens in T5's place for an SD3 pipeline without T5 (diffusers' default: 256)
+T5_TOKENS = 256  # StableDiffusion3Pipeline's max_sequence_length
+
 _STACK = Stack("block", "transformer_blocks", "num_layers",
                (Part("attn", (("attn", "zero-pair"), ("attn2", "zeros"))),
                 Part("ff", (("ff", "zeros"), ("ff_context", "zeros")))), streams=2, mmdit=True)
@@ -30,6 +33,11 @@ class SD3Family(BlockFamily):
                                                      device=device),
                 "pooled_projections": torch.zeros(batch, config.get("pooled_projection_dim", 2048), device=device),
                 "timestep": torch.ones(batch, device=device)}
+
+    def pipeline_tokens(self, index: dict, tokenizer_length: int) -> int:
+        """The CLIP tokens, then T5's: its 256, or prunekit's one zero token where the pipeline has no T5."""
+        no_t5 = index.get("text_encoder_3") in (None, [None, None])
+        return tokenizer_length + (NO_T5_TOKENS if no_t5 else T5_TOKENS)
 
     def predict(self, module, sample, timestep, conditioning):
         return module(hidden_states=sample, timestep=timestep, encoder_hidden_states=conditioning.embeds,
@@ -65,4 +73,4 @@ class SD3Family(BlockFamily):
 
 
 # SD3's joint text is 77 CLIP tokens and 256 T5 tokens.
-SD3 = SD3Family("sd3", "SD3Transformer2DModel", (_STACK,), tokens=333)
+SD3 = SD3Family("sd3", "SD3Transformer2DModel", (_STACK,), tokens=77 + T5_TOKENS)

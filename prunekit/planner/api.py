@@ -185,7 +185,8 @@ def _objective(model: Model, options: PlanOptions, measure):
         if run is not None and run.record_path.is_file():
             run.check_model(model.fingerprint)
         loss_of = Measured(measure, Cache(run.cache_path if run is not None else None, "measured"))
-        return loss_of, make_space(options.kind, config), [model.fingerprint, "measured", loss_of.identity]
+        plan_space = make_space(options.kind, config, tokens=model.tokens)
+        return loss_of, plan_space, [model.fingerprint, "measured", loss_of.identity]
     if run is None:
         raise PrunekitError(f"the {options.objective} objective needs --sensitivity runs/NAME (a sensitivity run of "
                             "this model): run the sensitivity sweep first, or plan with --objective measured.")
@@ -193,7 +194,7 @@ def _objective(model: Model, options: PlanOptions, measure):
     run.check_model(model.fingerprint)
     loss_of = Additive(table, all_units(config, costs=False), run.table_path, run.intervals())
     granularity = _free_granularity(config, loss_of) if options.kind == "free" else "block"
-    plan_space = make_space(options.kind, config, granularity, scorable=loss_of.scores)
+    plan_space = make_space(options.kind, config, granularity, scorable=loss_of.scores, tokens=model.tokens)
     loss_of(plan_space.removable())  # every unit the space may remove has a sensitivity, or this says which not
     return loss_of, plan_space, [model.fingerprint, loss_of.digest]
 
@@ -261,7 +262,8 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
     options = merged(PlanOptions, options, changes)
     model = resolve_model(model)
     if not isinstance(options.budget, Budget):
-        options = dataclasses.replace(options, budget=Budget.of_preset(options.budget, model.config))
+        options = dataclasses.replace(options, budget=Budget.of_preset(options.budget, model.config,
+                                                                                  model.tokens))
     budget = options.budget
     check_output_file(options.output(), "plan", replace=options.force)  # never overwritten silently
     run = options.run
@@ -272,7 +274,7 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
     meter = None
     if "latency" in budget.metrics:
         meter = LatencyMeter(config, resolve_device(options.device),
-                             Cache(run.cache_path if run is not None else None, "latency"))
+                             Cache(run.cache_path if run is not None else None, "latency"), tokens=model.tokens)
         keys.append(meter.prefix)
 
     def costs(state) -> dict[str, float]:
@@ -314,7 +316,8 @@ def plan(model: str | Model = "sd-v1-4", options: PlanOptions | None = None, mea
     if meter is not None:
         predicted.update(latency_fraction=spent["latency"], latency_ms=1000 * meter.seconds(remove, plan_space.kind))
         info["latency"] = meter.describe()
-    result = make_plan(model.name, config, remove, options.method, budget.to_json(), options.kind, **predicted)
+    result = make_plan(model.name, config, remove, options.method, budget.to_json(), options.kind, model.tokens,
+                       **predicted)
     warning = imbalance({metric: result.predicted.get(f"{metric}_fraction") for metric in COSTS})
     if warning:
         info["warning"] = warning

@@ -62,12 +62,12 @@ class Budget:
         return cls(tuple(bounds))
 
     @classmethod
-    def of_preset(cls, preset: str, teacher_config: dict) -> "Budget":
-        """The parameters and MACs of `preset`'s student of this teacher, as fractions rounded up at the fourth
-        decimal (so that the preset fits its own budget)."""
+    def of_preset(cls, preset: str, teacher_config: dict, tokens: int | None = None) -> "Budget":
+        """The parameters and MACs (at `tokens` text tokens) of `preset`'s student of this teacher, as fractions
+        rounded up at the fourth decimal (so that the preset fits its own budget)."""
         from prunekit.plan import make_preset
 
-        made = make_preset(preset, "", teacher_config).predicted
+        made = make_preset(preset, "", teacher_config, tokens).predicted
         return cls.parse({name: math.ceil(made[f"{name}_fraction"] * 1e4) / 1e4 for name in ("params", "macs")})
 
     @property

@@ -120,7 +120,8 @@ class Recoverable:
         folder = self.folder / hashlib.sha256(" ".join(sorted(remove)).encode()).hexdigest()[:12]
         plan_path = folder / "plan.json"
         if not plan_path.is_file():
-            make_plan(self.model.name, self.model.config, remove, "recoverable candidate", kind=self.kind).save(plan_path)
+            make_plan(self.model.name, self.model.config, remove, "recoverable candidate", kind=self.kind,
+                      tokens=self.model.tokens).save(plan_path)
         out = folder / "distill"
         before = checkpoints.complete(out / "checkpoints")
         done_before = checkpoints.read_state(before[-1]).step if before else 0

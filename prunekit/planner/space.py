@@ -38,16 +38,17 @@ _MID_REMOVES = {"keep": [], "resnet": ["mid.attn0", "mid.res1"], "drop": ["mid"]
 
 
 class Space:
-    """What both spaces share: the teacher's units (every granularity, with costs) and its totals."""
+    """What every space shares: the teacher's units (every granularity, with costs at `tokens` text tokens, None
+    for the family's length) and its totals."""
 
     kind: str  # the kind of plan its states make (prunekit.surgery.KINDS)
 
-    def __init__(self, teacher_config: dict):
+    def __init__(self, teacher_config: dict, tokens: int | None = None):
         from prunekit.costs import denoiser_costs
 
-        self.config = teacher_config
-        self.units: dict[str, Unit] = all_units(teacher_config)
-        self.teacher = denoiser_costs(teacher_config, full=False)
+        self.config, self.tokens = teacher_config, tokens
+        self.units: dict[str, Unit] = all_units(teacher_config, tokens)
+        self.teacher = denoiser_costs(teacher_config, tokens, full=False)
 
     def additive_fraction(self, remove: list[str], metric: str) -> float:
         """The teacher's `metric` less that of the units in `remove`, as a fraction of the teacher's."""
@@ -98,8 +99,9 @@ class DiffusersSpace(Space):
 
     kind = "diffusers"
 
-    def __init__(self, teacher_config: dict, scorable: Callable[[str], bool] = lambda name: True):
-        super().__init__(teacher_config)
+    def __init__(self, teacher_config: dict, scorable: Callable[[str], bool] = lambda name: True,
+                 tokens: int | None = None):
+        super().__init__(teacher_config, tokens)
         self.n = next(d for d in itertools.count() if f"down{d}.res0" not in self.units)  # stages
         self.options = [self._stage_options(d) for d in range(self.n)]
         self.mid_depth = self._depth("mid.attn0") if "mid.attn0" in self.units else 0
@@ -250,7 +252,7 @@ class DiffusersSpace(Space):
                                          if name.startswith(f"down{self.n - 1 - m}.")})
             remove = self.remove(state)
             config, _ = derive(self.config, remove, "diffusers")
-            exact = denoiser_costs(config, full=False).macs / self.teacher.macs
+            exact = denoiser_costs(config, self.tokens, full=False).macs / self.teacher.macs
             self._corrections[m, mid, layers] = exact - self.additive_fraction(remove, "macs")
         return self._corrections[m, mid, layers]
 
@@ -393,8 +395,8 @@ class FreeSpace(Space):
 
     kind = "free"
 
-    def __init__(self, teacher_config: dict, granularity: str = "block"):
-        super().__init__(teacher_config)
+    def __init__(self, teacher_config: dict, granularity: str = "block", tokens: int | None = None):
+        super().__init__(teacher_config, tokens)
         units = enumerate_units(teacher_config, granularity, costs=False)
         self.order = [u.name for u in top_level(units)]
 
@@ -431,10 +433,11 @@ class BlockSpace(Space):
 
     kind = "diffusers"
 
-    def __init__(self, teacher_config: dict, scorable: Callable[[str], bool] = lambda name: True):
+    def __init__(self, teacher_config: dict, scorable: Callable[[str], bool] = lambda name: True,
+                 tokens: int | None = None):
         from prunekit.families import family_of
 
-        super().__init__(teacher_config)
+        super().__init__(teacher_config, tokens)
         self.family = family_of(teacher_config)
         blocks = enumerate_units(teacher_config, "pair", costs=False)  # whole blocks, in forward order
         self.order = [u.name for u in blocks]
@@ -495,13 +498,15 @@ class BlockSpace(Space):
 
 
 def make_space(kind: str, teacher_config: dict, granularity: str = "block",
-               scorable: Callable[[str], bool] = lambda name: True) -> Space:
+               scorable: Callable[[str], bool] = lambda name: True, tokens: int | None = None) -> Space:
     """The plans of `kind` ('diffusers', offering finer choices where `scorable` says the objective scores their
-    units, or 'free' over the units of `granularity`); a transformer's diffusers plans are sets of blocks."""
+    units, or 'free' over the units of `granularity`), costed at `tokens` text tokens (None: the family's); a
+    transformer's diffusers plans are sets of blocks."""
     from prunekit.families import family_of
 
     if kind not in KINDS:
         raise PrunekitError(f"unknown plan kind {kind!r}: use one of {', '.join(KINDS)}.")
     if kind == "free":
-        return FreeSpace(teacher_config, granularity)
-    return {"layout": DiffusersSpace, "blocks": BlockSpace}[family_of(teacher_config).space](teacher_config, scorable)
+        return FreeSpace(teacher_config, granularity, tokens)
+    space = {"layout": DiffusersSpace, "blocks": BlockSpace}[family_of(teacher_config).space]
+    return space(teacher_config, scorable, tokens)

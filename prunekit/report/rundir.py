@@ -23,13 +23,15 @@ FILES = (rundir.RUN_JSON, rundir.TABLE, rundir.IMAGES, rundir.PLAN, rundir.PARET
 
 @dataclass(frozen=True)
 class Teacher:
-    """The run's model: its U-Net config, block-level units (no transformer layers), every unit by name, costs."""
+    """The run's model: its denoiser config, block-level units (no transformer layers), every unit by name, and
+    costs, all counted at its pipeline's text length (`tokens`)."""
 
     name: str
     config: dict
     units: list[Unit]
     all_units: dict[str, Unit]
     costs: Costs
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -110,15 +112,16 @@ def _teacher(name: str | None, fingerprint_expected: str | None) -> tuple[Teache
     if not name:
         return None, None
     try:
-        config = resolve_model(name).config
+        model = resolve_model(name)
+        config, tokens = model.config, model.tokens
     except PrunekitError as error:
         return None, f"the teacher's costs are not shown: {error}"
     note = None
     if fingerprint_expected and fingerprint(config) != fingerprint_expected:
         note = (f"the U-Net config of {name} now differs from the one this run used ({fingerprint_expected[:19]}): "
                 "costs and drawings below are the current config's.")
-    units = top_level(enumerate_units(config, "block"))
-    return Teacher(name, config, units, all_units(config), denoiser_costs(config)), note
+    units = top_level(enumerate_units(config, "block", tokens))
+    return Teacher(name, config, units, all_units(config, tokens), denoiser_costs(config, tokens), tokens), note
 
 
 def read_run(path: Path) -> Run:

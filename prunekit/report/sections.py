@@ -252,18 +252,30 @@ def _ties(run: Run) -> dict[str, list[str]]:
     return {name: [other for other in members[group] if other != name] for name, group in groups.items()}
 
 
-def _plan_section(run: Run) -> dict | None:
+def _measured_student(run: Run):
+    """The costs of the run's student, counted from the distilled student's config where it was saved (else the
+    plan's), at the teacher's text length (else the plan's); the config's source; that length."""
     from prunekit.costs import denoiser_costs
+    from prunekit.families import family_of
 
+    plan = run.plan
+    source = f"distill/student/{family_of(plan.student_config).folder}/config.json"
+    saved = read_json(run.path / source, dict)
+    tokens = run.teacher.tokens if run.teacher else plan.predicted.get("tokens")
+    costs = denoiser_costs(saved or plan.student_config, tokens)
+    return costs, source if saved else "plan.json's student config", tokens
+
+
+def _plan_section(run: Run) -> dict | None:
     plan = run.plan
     if plan is None:
         return None
     predicted = plan.predicted
-    student_file = run.path / "distill" / "student" / "unet" / "config.json"
-    measured = denoiser_costs(read_json(student_file, dict) or plan.student_config)
+    measured, source, tokens = _measured_student(run)
     teacher = run.teacher.costs if run.teacher else None
     compare = []
-    for key, label in (("params", "parameters"), ("macs", "MACs per step"),
+    at = f" at {tokens} text tokens" if tokens else ""
+    for key, label in (("params", "parameters"), ("macs", f"MACs per step{at}"),
                        ("full_macs", "full MACs (with attention)")):
         value = getattr(measured, key)
         fraction = f" ({value / getattr(teacher, key):.1%})" if teacher else ""
@@ -274,7 +286,7 @@ def _plan_section(run: Run) -> dict | None:
                         + (f" ({guess_fraction:.1%})" if _is_number(guess_fraction) else ""),
                         "measured": human(value) + fraction})
     shown = {"params", "macs", "full_macs", "params_fraction", "macs_fraction", "full_macs_fraction",
-             "teacher_params", "teacher_macs"}
+             "teacher_params", "teacher_macs", "tokens"}
     quality = _quality_change(run.evaluation)
     for key, value in predicted.items():
         if key not in shown:
@@ -284,7 +296,6 @@ def _plan_section(run: Run) -> dict | None:
     diagram = None
     if run.teacher is not None:
         diagram = draw(run.teacher.config, run.teacher.units, _removed(run))
-    source = "distill/student/unet/config.json" if student_file.is_file() else "plan.json's student config"
     return {"method": plan.method, "budget": _pairs(plan.budget), "remove": plan.remove, "compare": compare,
             "student_source": source, "diagram": diagram}
 
@@ -439,10 +450,7 @@ def _key_numbers(run: Run) -> list[dict]:
 def _student_costs(run: Run) -> list[dict]:
     """The verdict's cost cards: parameters and MACs the student keeps (counted from its config), and its latency
     (timed by the distillation, else predicted by the planner)."""
-    from prunekit.costs import denoiser_costs
-
-    student_file = run.path / "distill" / "student" / "unet" / "config.json"
-    measured = denoiser_costs(read_json(student_file, dict) or run.plan.student_config)
+    measured = _measured_student(run)[0]
     teacher = run.teacher.costs if run.teacher else None
     cards = []
     for key, label in (("params", "parameters"), ("macs", "MACs per step")):

@@ -250,12 +250,15 @@ def _names(units) -> list[str] | None:
     return names
 
 
-def _units(config: dict, granularity: str, names: list[str] | None) -> tuple[Unit, ...]:
+def _units(config: dict, granularity: str, names: list[str] | None, tokens: int) -> tuple[Unit, ...]:
+    """The units a sweep scores, their costs counted at the model's `tokens` text tokens."""
     from prunekit.ablation import resolve
+    from prunekit.graph import all_units
 
     if names is None:
-        return tuple(enumerate_units(config, granularity))
-    return tuple(resolve(build_meta(config), names))
+        return tuple(enumerate_units(config, granularity, tokens))
+    counted = all_units(config, tokens)
+    return tuple(counted[unit.name] for unit in resolve(build_meta(config), names))
 
 
 def _metrics(options: SweepOptions, judge: Judge | None) -> tuple[str, ...]:
@@ -303,7 +306,7 @@ def resolve(model: str | Model, out: str, options: SweepOptions) -> Settings:
     if options.mode == "proxy" and not family.proxy_sweeps:
         raise PrunekitError(f"proxy mode runs U-Nets block by block; a {family.classes[0]} sweeps in full mode: "
                             "use --mode full.")
-    selected = _units(model.config, options.granularity, _names(options.units))
+    selected = _units(model.config, options.granularity, _names(options.units), model.tokens)
     guidance = model.card.guidance if options.guidance is None else float(options.guidance)
     return Settings(model, str(out), options.granularity, options.mode, chosen,
                     judge if judge is not None and judge.metric in chosen else None, source, tuple(texts),

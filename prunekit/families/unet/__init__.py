@@ -54,6 +54,9 @@ class UNetFamily(Family):
                                 "sample_size or cross_attention_dim): fix it or pass another model.")
         self.check_builds(config, source, "U-Net")
 
+    def pipeline_tokens(self, index: dict, tokenizer_length: int) -> int:
+        return tokenizer_length  # SDXL's two encoders concatenate per token: the same length
+
     def example_inputs(self, config: dict, batch: int, tokens: int, device) -> dict:
         size = int(config.get("sample_size") or 64)
         inputs = {
