@@ -99,7 +99,8 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
     from prunekit.plan import preset_remove
 
     additive = Additive(run.sensitivities(), all_units(model.config, costs=False))
-    space = make_space("diffusers", model.config, scorable=additive.scores, tokens=model.tokens)  # the planner's space for this sweep
+    space = make_space("diffusers", model.config, scorable=additive.scores,  # the planner's space for this sweep
+                       tokens=model.tokens)
     found = [{"method": f"preset:{preset}", "remove": preset_remove(preset, model.config)}]
     for objective in args.objectives:
         timing = work / f"search-{objective}.json"  # the first search's wall time: a rerun resumes from storage

@@ -77,7 +77,8 @@ class LatencyMeter:
         self.dtype = torch.float16 if cuda else torch.float32
         self.name = torch.cuda.get_device_name(self.device) if cuda else "cpu"
         self.cache = cache or Cache(None, "latency")
-        self.prefix = f"{fingerprint(teacher_config)[:23]}|{self.name}|{self.dtype}|{self.timing}|batch {batch}|{self.tokens} tokens"
+        self.prefix = (f"{fingerprint(teacher_config)[:23]}|{self.name}|{self.dtype}|{self.timing}|batch {batch}"
+                       f"|{self.tokens} tokens")
         self._teacher = None  # the random-weight teacher that free candidates are ablated from
 
     def describe(self) -> dict:
