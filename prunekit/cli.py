@@ -13,7 +13,7 @@ from prunekit.quiet import quiet_libraries
 PRESET_NAMES = ("bk-base", "bk-small", "bk-tiny", "koala-like", "ssd-like",  # prunekit.plan.PRESETS, without torch
                 "half-depth", "flux-lite-like")
 MODEL_HELP = ("an alias (sd-v1-4, sd-v1-5, sd-v2-1-base, sd-v2-1, sdxl-base, sd3-medium, sd3.5-large, flux-dev, "
-              "flux-schnell, pixart-sigma, sana-1.6b, tiny-sd, tiny-sdxl), a hub id or a local diffusers "
+              "flux-schnell, pixart-sigma, sana-1.6b, tiny-sd, tiny-sdxl, tiny-sd3), a hub id or a local diffusers "
               "directory")
 GUIDANCE_HELP = "classifier-free guidance scale (default: the model card's; 7.5 for SD)"
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when a GPU is visible, else cpu)"
@@ -71,6 +71,7 @@ def _plan(args) -> None:
 
 
 def _preset(args) -> None:
+    from prunekit.costs import human
     from prunekit.models import resolve_model
     from prunekit.options import check_output_file
     from prunekit.plan import make_preset
@@ -82,7 +83,7 @@ def _preset(args) -> None:
     predicted = made.predicted
     print(f"{made.method} for {args.model}: removes {len(made.remove)} units -> {output}")
     print(f"  params {predicted['params']:,} ({predicted['params_fraction']:.4f} of the teacher's)")
-    print(f"  MACs   {predicted['macs'] / 1e9:.1f}G per step at {predicted['tokens']} text tokens "
+    print(f"  MACs   {human(predicted['macs'])} per step at {predicted['tokens']} text tokens "
           f"({predicted['macs_fraction']:.4f} of the teacher's)")
 
 

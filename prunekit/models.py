@@ -1,6 +1,6 @@
 """Models: the registry of aliases, and a MODEL resolved once into a `Model` that is passed down.
 
-A MODEL is an alias (`sd-v1-4`, ..., `tiny-sd`), a Hugging Face hub id, or a local directory holding a
+A MODEL is an alias (`sd-v1-4`, ..., and the bundled `tiny-sd`, `tiny-sdxl`, `tiny-sd3`), a Hugging Face hub id, or a local directory holding a
 whole diffusers pipeline, a `unet/` folder, or just a U-Net `config.json`. This module is the only place
 that knows the aliases: everything else asks a `Model` for its location, U-Net config, fingerprint, card
 (prunekit.card: guidance, tuning, prompt set, data, CLIP model) and pipeline.
@@ -105,6 +105,7 @@ ALIASES = {
     "sana-1.6b": Alias("sana-1.6b", "Efficient-Large-Model/Sana_1600M_1024px_diffusers", _SANA_1600M),
     "tiny-sd": Alias("tiny-sd", None, None, bundled="tiny-sd"),
     "tiny-sdxl": Alias("tiny-sdxl", None, None, bundled="tiny-sdxl"),
+    "tiny-sd3": Alias("tiny-sd3", None, None, bundled="tiny-sd3"),
 }
 CLIP_ALIASES = {"tiny-clip": "tiny-clip"}  # CLIP models shipped in the package: alias -> folder under assets
 

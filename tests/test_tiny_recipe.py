@@ -33,12 +33,9 @@ def test_full_recipe_arguments_are_the_model_cards(tmp_path):
     (tmp_path / "1-base" / "tiny-sd").mkdir(parents=True)
     (tmp_path / "1-base" / "tiny-sd" / "model_index.json").write_text("{}")  # the tuning run's --init check
     base, tuning = (train.parse_args(argv) for argv in recipe.run_arguments(tmp_path, "full", ["--threads", "2"]))
-    (tmp_path / "1-base" / "tiny-sd3").mkdir(parents=True)
-    (tmp_path / "1-base" / "tiny-sd3" / "model_index.json").write_text("{}")
-    sd3 = recipe.run_arguments(tmp_path, "full", [], "tiny-sd3")
-    assert [argv[argv.index("--out") + 1] for argv in sd3] == [str(tmp_path / run) for run in ("1-base", "2-longer")]
-    longer = train.parse_args(sd3[1])
-    assert longer["init"] == str(tmp_path / "1-base" / "tiny-sd3") and longer["card_guidance"] == 4.0
+    (sd3,) = (train.parse_args(argv) for argv in recipe.run_arguments(tmp_path, "full", [], "tiny-sd3"))
+    assert sd3["sd3"] and sd3["out"] == str(tmp_path / "1-base") and sd3["card_guidance"] == 1.0
+    assert (sd3["unet_steps"], sd3["unet_stop_step"], sd3["unet_batch"], sd3["unet_lr"]) == (2000, 1000, 128, 1e-3)
     assert (base["preset"], base["init"], base["threads"]) == ("full", None, 2)
     assert (base["decoder_steps"], base["decoder_overshoot"], base["vae_shape_weight"]) == (2500, 8.0, 5.0)
     assert (base["unet_steps"], base["unet_stop_step"], base["unet_batch"], base["offset_noise"]) == (2000, 1000, 128, 0.2)
@@ -73,20 +70,21 @@ def test_smoke_tiny_sd3_recipe_builds_an_sd3_pipeline_without_t5_trained_with_fl
     no T5, around a new transformer of SD3-medium's topology (every unit name of sd3-medium)."""
     from diffusers import StableDiffusion3Pipeline
 
+    from prunekit.families import canonical_config
     from prunekit.graph import enumerate_units
     from prunekit.models import ASSETS, resolve_model, unet_config
 
     model = recipe.main(["--model", "tiny-sd3", "--out", str(tmp_path), "--smoke", "--threads", "1"])
-    assert model == tmp_path / "2-longer" / "tiny-sd3"
-    base, tuned = (resolve_model(str(tmp_path / run / "tiny-sd3")).pipeline() for run in ("1-base", "2-longer"))
-    assert ModelCard.read(model).guidance == 4.0 and ModelCard.read(model).tuned is None
-    assert type(tuned) is StableDiffusion3Pipeline and tuned.text_encoder_3 is None
-    assert type(tuned.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert model == tmp_path / "1-base" / "tiny-sd3"
+    pipe = resolve_model(str(model)).pipeline()
+    assert ModelCard.read(model).guidance == 1.0 and ModelCard.read(model).tuned is None
+    assert type(pipe) is StableDiffusion3Pipeline and pipe.text_encoder_3 is None
+    assert type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     sd = StableDiffusionPipeline.from_pretrained(ASSETS / "tiny-sd", local_files_only=True)
-    mine, theirs = tuned.text_encoder_2.text_model.state_dict(), sd.text_encoder.state_dict()
+    mine, theirs = pipe.text_encoder_2.text_model.state_dict(), sd.text_encoder.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
-    assert torch.equal(tuned.text_encoder_2.text_projection.weight, torch.eye(128))
-    assert tuned.vae.config.shift_factor == 0.0
-    assert not torch.equal(tuned.transformer.pos_embed.proj.weight, base.transformer.pos_embed.proj.weight)
+    assert torch.equal(pipe.text_encoder_2.text_projection.weight, torch.eye(128))
+    assert pipe.vae.config.shift_factor == 0.0
+    assert canonical_config(dict(pipe.transformer.config)) == canonical_config(unet_config("tiny-sd3"))  # bundled
     names = lambda config: [u.name for u in enumerate_units(config, "block", costs=False)]  # noqa: E731
-    assert names(dict(tuned.transformer.config, _class_name="SD3Transformer2DModel")) == names(unet_config("sd3-medium"))
+    assert names(dict(pipe.transformer.config, _class_name="SD3Transformer2DModel")) == names(unet_config("sd3-medium"))

@@ -7,15 +7,15 @@ Each is a few runs of prunekit.tiny.train, recorded in their own folders, each c
    latents), and the text encoder and U-Net trained jointly with offset noise, the shape-only overshoot and the
    attribute probe; for tiny-sdxl, a new SDXL-topology U-Net around the bundled tiny-sd's VAE and text encoder
    and the bundled tiny-clip's text tower (frozen), trained the same way but for the probe; for tiny-sd3, a new
-   SD3-topology transformer around those parts (frozen), trained with flow matching.
+   SD3-topology transformer around those parts (frozen), trained with flow matching: tiny-sd3's only run.
 2. tiny-sd and tiny-sdxl: DIR/2-tuned, that U-Net (and tiny-sd's text encoder) guidance-tuned, so that SD's
-   7.5 samples as an ordinary model at 3; tiny-sd3: DIR/2-longer, 1,500 more steps of a new schedule (its
-   shapes come later than a U-Net's), not guidance-tuned (its card recommends the scale it samples best at).
+   7.5 samples as an ordinary model at 3. tiny-sd3 is not guidance-tuned: its card recommends the scale it
+   samples best at, 1 (unguided).
 
 The model is the last run's DIR/RUN/MODEL, tiny-sd's CLIP-score model DIR/1-base/tiny-clip (the others' is the
 bundled one). Any other argument (--threads 2, --device cuda, ...) is passed to every run. `--smoke` runs the
 same runs with a few steps each (CI). The notes on why each option is there: the model cards,
-prunekit/assets/tiny-sd/README.md and prunekit/assets/tiny-sdxl/README.md.
+prunekit/assets/tiny-sd/README.md, prunekit/assets/tiny-sdxl/README.md and prunekit/assets/tiny-sd3/README.md.
 """
 from __future__ import annotations
 
@@ -34,9 +34,7 @@ XL_TUNING = [*GUIDED, "--seed", "1", "--tune-guidance", "7.5", "--tune-guidance-
 SD3_BASE = [*GUIDED, "--seed", "0", "--sd3", "--init", str(ASSETS / "tiny-sd"), "--clip", str(ASSETS / "tiny-clip")]
 FULL_UNET = ["--unet-steps", "2000", "--unet-stop-step", "1000", "--unet-warmup", "150", "--unet-lr", "1e-3"]
 FULL_TUNING = ["--unet-steps", "400", "--unet-warmup", "50", "--unet-lr", "5e-4"]
-SD3_GUIDANCE = "4"  # tiny-sd3 is not guidance-tuned: its card recommends the scale it samples best at
-SD3_LONGER = [*GUIDED, "--seed", "2", "--card-guidance", SD3_GUIDANCE]  # a transformer draws shapes later
-FULL_LONGER = ["--unet-steps", "1500", "--unet-warmup", "50", "--unet-lr", "7e-4"]
+SD3_GUIDANCE = "1"  # tiny-sd3 is not guidance-tuned: its card recommends the scale it samples best at, unguided
 # Each model's runs in order, as (folder, arguments); every run after the first continues the one before it.
 LENGTHS = {
     ("tiny-sd", "full"): [("1-base", [*BASE, "--decoder-steps", "2500", *FULL_UNET]),
@@ -46,9 +44,8 @@ LENGTHS = {
     ("tiny-sdxl", "full"): [("1-base", [*XL_BASE, *FULL_UNET]), ("2-tuned", [*XL_TUNING, *FULL_TUNING])],
     ("tiny-sdxl", "smoke"): [("1-base", [*XL_BASE, "--unet-batch", "8"]),
                              ("2-tuned", [*XL_TUNING, "--unet-batch", "8"])],
-    ("tiny-sd3", "full"): [("1-base", [*SD3_BASE, *FULL_UNET]), ("2-longer", [*SD3_LONGER, *FULL_LONGER])],
-    ("tiny-sd3", "smoke"): [("1-base", [*SD3_BASE, "--unet-batch", "8"]),
-                            ("2-longer", [*SD3_LONGER, "--unet-batch", "8"])],
+    ("tiny-sd3", "full"): [("1-base", [*SD3_BASE, "--card-guidance", SD3_GUIDANCE, *FULL_UNET])],
+    ("tiny-sd3", "smoke"): [("1-base", [*SD3_BASE, "--card-guidance", SD3_GUIDANCE, "--unet-batch", "8"])],
 }
 MODELS = ("tiny-sd", "tiny-sdxl", "tiny-sd3")
 
@@ -65,7 +62,7 @@ def run_arguments(out: Path, preset: str, extra: list[str], model: str = "tiny-s
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="python -m prunekit.tiny.recipe", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, help="output directory (1-base/, 2-tuned/; tiny-sd3: 2-longer/)")
+    parser.add_argument("--out", required=True, help="output directory (1-base/, 2-tuned/)")
     parser.add_argument("--model", choices=MODELS, default="tiny-sd", help="which bundled model (default tiny-sd)")
     parser.add_argument("--smoke", action="store_true", help="a few steps per stage (seconds; what CI runs)")
     args, extra = parser.parse_known_args(argv)
