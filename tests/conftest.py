@@ -1,5 +1,7 @@
 """Shared fixtures."""
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,22 @@ def analysis_script(monkeypatch):
         spec.loader.exec_module(module)
         return module
     return load
+
+
+@pytest.fixture
+def generates_offline(tmp_path):
+    """Checks that a bundled pipeline folder loads and draws a 64x64 image with plain diffusers in a fresh
+    interpreter, the hub offline and its cache empty: `load` and `call` add keyword arguments (", k=v"), `checks`
+    lines of Python run after."""
+    def check(pipeline_class: str, folder, load: str = "", call: str = "", checks: tuple[str, ...] = ()) -> None:
+        code = "\n".join([
+            f"import torch; from diffusers import {pipeline_class}",
+            f"pipe = {pipeline_class}.from_pretrained({str(folder)!r}, local_files_only=True{load})",
+            "pipe.set_progress_bar_config(disable=True)",
+            "image = pipe('a large red circle in the center on a white background', num_inference_steps=2,"
+            f" generator=torch.Generator().manual_seed(0){call}).images[0]",
+            "assert image.size == (64, 64), image.size", *checks])
+        env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    return check

@@ -1,8 +1,5 @@
 """The bundled tiny-sd3: shipped, offline, sd3-medium's unit graph, the transformer presets apply, the sizes, the
 text length its MACs are counted at, and the loop."""
-import subprocess
-import sys
-
 import pytest
 
 from prunekit.graph import enumerate_units
@@ -38,21 +35,11 @@ def test_its_macs_are_counted_at_its_33_text_tokens():
     assert resolve_model("tiny-sd3").tokens == 33
 
 
-def test_loads_and_generates_offline_with_plain_diffusers(tmp_path):
-    code = (
-        "import torch; from diffusers import StableDiffusion3Pipeline\n"
-        f"pipe = StableDiffusion3Pipeline.from_pretrained({str(ASSETS / 'tiny-sd3')!r}, local_files_only=True,"
-        " text_encoder_3=None, tokenizer_3=None)\n"
-        "pipe.set_progress_bar_config(disable=True)\n"
-        "image = pipe('a large red circle in the center on a white background', num_inference_steps=2,"
-        " max_sequence_length=1, generator=torch.Generator().manual_seed(0)).images[0]\n"
-        "assert image.size == (64, 64), image.size\n"
-        "assert type(pipe.scheduler).__name__ == 'FlowMatchEulerDiscreteScheduler'\n"
-        "assert type(pipe.transformer).__name__ == 'SD3Transformer2DModel'\n"
-    )
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_loads_and_generates_offline_with_plain_diffusers(generates_offline):
+    generates_offline("StableDiffusion3Pipeline", ASSETS / "tiny-sd3", load=", text_encoder_3=None, tokenizer_3=None",
+                      call=", max_sequence_length=1",
+                      checks=("assert type(pipe.scheduler).__name__ == 'FlowMatchEulerDiscreteScheduler'",
+                              "assert type(pipe.transformer).__name__ == 'SD3Transformer2DModel'"))
 
 
 @pytest.mark.slow

@@ -1,7 +1,4 @@
 """The bundled tiny-sdxl: shipped, offline, sdxl-base's unit graph, the SDXL presets apply, the sizes, the loop."""
-import subprocess
-import sys
-
 import pytest
 
 from prunekit.graph import GRANULARITIES, enumerate_units
@@ -33,20 +30,10 @@ def test_sdxl_presets_apply_to_tiny_sdxl_as_to_sdxl_base(preset):
     assert tiny.remove == base.remove and 0 < tiny.predicted["params_fraction"] < 1
 
 
-def test_loads_and_generates_offline_with_plain_diffusers(tmp_path):
-    code = (
-        "import torch; from diffusers import StableDiffusionXLPipeline\n"
-        f"pipe = StableDiffusionXLPipeline.from_pretrained({str(ASSETS / 'tiny-sdxl')!r}, local_files_only=True)\n"
-        "pipe.set_progress_bar_config(disable=True)\n"
-        "image = pipe('a large red circle in the center on a white background', num_inference_steps=2,"
-        " generator=torch.Generator().manual_seed(0)).images[0]\n"
-        "assert image.size == (64, 64), image.size\n"
-        "assert type(pipe.scheduler).__name__ == 'EulerDiscreteScheduler'\n"
-        "assert type(pipe.text_encoder_2).__name__ == 'CLIPTextModelWithProjection'\n"
-    )
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_loads_and_generates_offline_with_plain_diffusers(generates_offline):
+    generates_offline("StableDiffusionXLPipeline", ASSETS / "tiny-sdxl",
+                      checks=("assert type(pipe.scheduler).__name__ == 'EulerDiscreteScheduler'",
+                              "assert type(pipe.text_encoder_2).__name__ == 'CLIPTextModelWithProjection'"))
 
 
 @pytest.mark.slow
