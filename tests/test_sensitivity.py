@@ -19,7 +19,7 @@ from prunekit.conditioning import Conditioning
 from prunekit.errors import PrunekitError
 from prunekit.generate import generate_latents, image_seeds
 from prunekit.graph import enumerate_units
-from prunekit.models import ASSETS, build_meta, unet_config
+from prunekit.models import ASSETS, build_meta, resolve_model, unet_config
 from prunekit.sensitivity import sensitivity
 from prunekit.sensitivity.pipelines import random_pipeline
 from prunekit.sensitivity.proxy import BlockForward, Proxy, fixed_timesteps
@@ -64,7 +64,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_full_sweep_writes_the_run_directory(full_run, pipe_dir):
     out, table = full_run
-    units = enumerate_units(unet_config(pipe_dir), "pair")
+    units = enumerate_units(unet_config(pipe_dir), "pair", resolve_model(pipe_dir).tokens)
     columns = UNIT_COLUMNS + ["clip_score", "delta_clip_score", "latent_mse", "psnr", "ssim"] + ATTRIBUTES
     rows = _rows(out / "sensitivity.csv")
     assert list(rows[0]) == columns + ["sensitivity"] + INTERVAL_COLUMNS
