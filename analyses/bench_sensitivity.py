@@ -12,8 +12,9 @@ Everything is measured in this one run, on one device, and printed as ratios:
   --naive-units units (spread over the network) and extrapolated to units + 1, and the output says so;
 - full / proxy (target >= 20x): the proxy sweep (`--mode proxy`, default settings) against the full sweep;
 - with `--race`, race / full (target <= 0.25x) and the race's Spearman against the full sweep's ranking (target
-  >= 0.95): a racing sweep (`--race`, rounds of `--race-round` prompts, at most --num-prompts) against the
-  full sweep of every unit on all --num-prompts prompts, both timed here (the issue's protocol: 64 prompts).
+  >= 0.95): a racing sweep (`--race`, rounds of `--race-round` prompts until its forecast agreement reaches
+  `--race-target`, at most --num-prompts each) against the full sweep of every unit on all --num-prompts
+  prompts, both timed here (the issue's protocol: 64 prompts).
 
 `--random` times tiny-sd's architecture with random weights (timing does not depend on the weights), for
 machines where the trained tiny-sd is not installed; give --clip-model or --metrics without clip there.
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--naive-units", type=int, default=2, help="units the naive way is measured on")
     parser.add_argument("--race", action="store_true", help="also time a racing sweep against the full one")
     parser.add_argument("--race-round", type=int, default=8, help="prompts per round of the race")
+    parser.add_argument("--race-target", type=float, default=0.97, help="the race's forecast agreement to end at")
     parser.add_argument("--out", default="reports/bench_sensitivity", help="where table.md/csv and ratios.png go")
     args = parser.parse_args(argv)
 
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.race:
             started = time.perf_counter()
             raced = sensitivity(model, str(tmp / "race"), metrics=args.metrics, clip_model=args.clip_model, race=True,
-                                race_round=args.race_round, **common)
+                                race_round=args.race_round, race_target=args.race_target, **common)
             race = {"seconds": time.perf_counter() - started, "prompts": int(raced["prompts"].sum()),
                     "spearman": float(spearmanr(full_table.set_index("unit")["sensitivity"],
                                                 raced.set_index("unit").loc[full_table["unit"], "sensitivity"]
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  full / floor  {ratios['full / floor']:6.2f}x  (target <= 1.2x)")
     print(f"  naive / full  {ratios['naive / full']:6.2f}x  (target >= 3x; naive extrapolated)")
     print(f"  full / proxy  {ratios['full / proxy']:6.2f}x  (target >= 20x)")
-    context = (f"`python analyses/bench_sensitivity.py{' --random' if args.random else ''}{' --race' if args.race else ''} --num-prompts "
+    context = (f"`python analyses/bench_sensitivity.py{' --random' if args.random else ''}{f' --race --race-target {args.race_target:g}' if args.race else ''} --num-prompts "
                f"{len(prompts)} --steps {args.steps}`: {'random ' if args.random else ''}{args.model}, {len(names)} "
                f"{args.granularity} units, {len(prompts)} prompts, {args.steps} steps, {device}. The naive way (a fresh "
                f"pipeline per unit, one prompt at a time) is measured on the baseline and {len(measured)} units and "

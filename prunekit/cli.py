@@ -181,9 +181,13 @@ def _sensitivity_parser(commands) -> None:
     sensitivity.add_argument("--clip-model", help="CLIP model of CLIP score and FID (default: the model card's, "
                                                   "else the prompts' world's, else openai/clip-vit-large-patch14)")
     sensitivity.add_argument("--race", action="store_true",
-                             help="full mode: measure units on rounds of prompts and stop with each once its "
-                                  "confidence interval clears its neighbours' (--num-prompts is then the most)")
+                             help="full mode: measure units on rounds of prompts, spending them only where the "
+                                  "ranking is uncertain, until it is forecast to agree with a full sweep of "
+                                  "--num-prompts prompts at --race-target")
     sensitivity.add_argument("--race-round", type=int, default=8, help="prompts per round of a race (default 8)")
+    sensitivity.add_argument("--race-target", type=float, default=0.97,
+                             help="the Spearman correlation with a full sweep's ranking at which a race ends "
+                                  "(default 0.97)")
     sensitivity.set_defaults(run=_sensitivity)
 
 

@@ -30,8 +30,8 @@ def check_count(name: str, value, minimum: int = 1, optional: bool = False) -> N
 
 
 def check_number(name: str, value, minimum: float | None = None, above: float | None = None,
-                 optional: bool = False) -> None:
-    """Refuse anything but a finite number, at least `minimum` or above `above` where given."""
+                 optional: bool = False, maximum: float | None = None) -> None:
+    """Refuse anything but a finite number, at least `minimum`, above `above` and at most `maximum` where given."""
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -40,6 +40,8 @@ def check_number(name: str, value, minimum: float | None = None, above: float | 
         raise PrunekitError(f"{flag(name)} must be at least {minimum:g}, not {value:g}.")
     if above is not None and value <= above:
         raise PrunekitError(f"{flag(name)} must be above {above:g}, not {value:g}.")
+    if maximum is not None and value > maximum:
+        raise PrunekitError(f"{flag(name)} must be at most {maximum:g}, not {value:g}.")
 
 
 def check_choice(name: str, value, choices) -> None:

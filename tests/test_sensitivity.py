@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
@@ -21,6 +23,7 @@ from prunekit.generate import generate_latents, image_seeds
 from prunekit.graph import enumerate_units
 from prunekit.models import ASSETS, build_meta, resolve_model, unet_config
 from prunekit.sensitivity import sensitivity
+from prunekit.sensitivity.intervals import next_round, ranking_forecast
 from prunekit.sensitivity.pipelines import random_pipeline
 from prunekit.sensitivity.proxy import BlockForward, Proxy, fixed_timesteps
 from prunekit.sensitivity.sampling import Sampler
@@ -188,8 +191,10 @@ def test_rows_left_in_shards_by_a_killed_distributed_run_count_as_finished(tmp_p
     ({"mode": "proxy", "metrics": "clip"}, "proxy mode scores by noise-prediction error"),
     ({"prompts": "EVERYDAY", "metrics": "attributes"}, "captioned-shapes images only"),
     ({"granularity": "layer"}, "unknown granularity"),
+    ({"race": True, "race_target": 1.5}, "--race-target must be at most 1"),
+    ({"race": True, "metrics": "fid"}, "FID is a score of the whole set"),
 ], ids=["missing-prompts", "empty-prompts", "unknown-unit", "unknown-metric", "proxy-metrics", "attributes",
-        "granularity"])
+        "granularity", "race-target", "race-fid"])
 def test_bad_input_leaves_a_finished_run_untouched(full_run, pipe_dir, clip_dir, tmp_path, case, match):
     out, _ = full_run
     (tmp_path / "empty.txt").write_text("\n \n")
@@ -213,6 +218,51 @@ def test_model_not_available_offline_fails_fast_and_claims_nothing(tmp_path, mon
     with pytest.raises(PrunekitError, match="could not fetch 'someone/no-such-model'"):
         sensitivity("someone/no-such-model", out=str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+# -- racing ----------------------------------------------------------------------------------------------------
+
+def test_the_forecast_is_sure_of_separated_units_and_unsure_of_ties():
+    rng = np.random.default_rng(0)
+    separated = {f"u{i}": 10.0 * i + rng.normal(0, 0.1, 8) for i in range(6)}
+    agreement, shifts = ranking_forecast(separated, 64, seed=0)
+    assert agreement > 0.99 and max(shifts.values()) < 0.05
+    tied = {f"u{i}": rng.normal(0, 1, 8) for i in range(6)}
+    agreement, shifts = ranking_forecast(tied, 64, seed=0)
+    assert agreement < 0.6 and min(shifts.values()) > 0.5
+    assert ranking_forecast(tied, 8, seed=0) == (1.0, dict.fromkeys(tied, 0.0))  # every prompt measured: certain
+
+
+def test_the_next_round_goes_to_the_units_whose_ranks_may_move_most():
+    shifts = {"a": 9.0, "b": 3.0, "c": 1.0, "d": 0.0}
+    assert next_round(shifts, ["a", "b", "c", "d"]) == ["a"]
+    assert next_round(shifts, ["b", "c", "d"]) == ["b"]
+    assert next_round({"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, ["a", "b", "c", "d"]) == ["a", "b"]
+    assert next_round(dict.fromkeys("ab", 0.0), ["a", "b"]) == ["a"]
+
+
+RACE = {**FAST, "num_prompts": 12, "race": True, "race_round": 2}
+
+
+def test_a_race_to_full_agreement_measures_every_prompt_and_equals_the_full_sweep(tmp_path, pipe_dir, clip_dir):
+    full = sensitivity(pipe_dir, out=str(tmp_path / "full"), clip_model=clip_dir, **{**FAST, "num_prompts": 12})
+    raced = sensitivity(pipe_dir, out=str(tmp_path / "race"), clip_model=clip_dir, **RACE, race_target=1.0)
+    assert (raced["prompts"] == 12).all()
+    columns = ["unit", "sensitivity", "sensitivity_low", "sensitivity_high", "clip_score"]
+    pd.testing.assert_frame_equal(raced[columns].set_index("unit").sort_index(),  # batches of other sizes: 1e-5
+                                  full[columns].set_index("unit").sort_index(), rtol=1e-3, atol=1e-3)
+
+
+def test_a_race_spends_prompts_only_where_the_ranking_is_unsure(tmp_path, pipe_dir, clip_dir):
+    quick = sensitivity(pipe_dir, out=str(tmp_path / "quick"), clip_model=clip_dir, **RACE, race_target=0.0)
+    assert (quick["prompts"] == 8).all()  # the first round (MIN_PROMPTS) already agrees "well enough"
+    sure = sensitivity(pipe_dir, out=str(tmp_path / "sure"), clip_model=clip_dir, **RACE, race_target=0.9)
+    spent = sure.set_index("unit")["prompts"]
+    assert set(spent) <= {8, 10, 12} and 8 in set(spent) and spent.max() > 8  # more prompts for some units only
+    record = json.loads((tmp_path / "sure" / "run.json").read_text())
+    assert record["args"]["race"] == 2 and record["args"]["race_target"] == 0.9
+    with pytest.raises(PrunekitError, match="race_target: 0.9 there, 0.5 here"):
+        sensitivity(pipe_dir, out=str(tmp_path / "sure"), clip_model=clip_dir, **RACE, race_target=0.5)
 
 
 def test_cli_runs_and_reports_user_errors_in_one_line(tmp_path, pipe_dir, clip_dir, capsys):

@@ -1,4 +1,4 @@
-"""Confidence intervals of sensitivities, and the race that stops spending prompts on a unit once it is placed.
+"""Confidence intervals of sensitivities, and the race that spends prompts only where the ranking is uncertain.
 
 A unit's sensitivity is the mean over prompts of each prompt's loss by the sweep's rule: the ablated model's
 score less the intact model's on the same prompt and noise, a paired difference. Its interval is the 95%
@@ -6,21 +6,27 @@ percentile bootstrap of that mean (1,000 resamples of the prompts, seeded by the
 name, so the same run gives the same interval).
 
 Two units whose intervals overlap cannot be told apart by the prompts measured: the planner and the report
-treat them as ties. A racing sweep measures every unit on rounds of prompts and stops with a unit once its
-interval is clear of its neighbours' in the ranking (the units just above and below it), once the interval
-is narrower than a hundredth of the spread of all sensitivities (it is placed as finely as anything can
-matter), or once it has every prompt.
+treat them as ties.
+
+A racing sweep spends prompts only where the ranking is still uncertain. Every unit is measured on a first
+round of prompts; then, while the ranking is predicted to agree with a full sweep's (every unit on every
+prompt) at a Spearman correlation below the race's target, the units whose ranks are expected to move most get
+their next round. The prediction draws each unit's full-sweep mean from what its prompts so far say: their
+mean, plus their standard error shrunk by the share of prompts still unmeasured (the full sweep's prompts
+include these), times a Student t variable (the spread itself is estimated from few prompts).
 """
 from __future__ import annotations
 
 import zlib
 
 import numpy as np
+from scipy.stats import rankdata
 
 RESAMPLES = 1000
 LEVEL = 0.95
-MIN_PROMPTS = 8  # fewer per-prompt values give intervals that mean little: the sweep warns
-TOLERANCE = 0.01  # of the spread of all units' sensitivities: an interval this narrow is placed
+MIN_PROMPTS = 8  # fewer per-prompt values give intervals that mean little: the sweep warns; a race's first round
+DRAWS = 400  # full sweeps drawn per prediction of a race
+SHARE = 0.3  # a race's next round goes to the units that carry this share of the expected rank shifts
 
 
 def interval(losses, seed: int, name: str) -> tuple[float, float]:
@@ -34,21 +40,37 @@ def interval(losses, seed: int, name: str) -> tuple[float, float]:
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
+def ranking_forecast(losses: dict[str, np.ndarray], total: int, seed: int) -> tuple[float, dict[str, float]]:
+    """For units with per-prompt `losses` on the first prompts of `total`: the expected Spearman correlation of
+    their ranking by mean with a full sweep's, and each unit's expected squared shift of rank."""
+    names = sorted(losses)
+    if len(names) < 2:
+        return 1.0, dict.fromkeys(names, 0.0)
+    counts = np.array([len(losses[name]) for name in names], dtype=np.float64)
+    means = np.array([losses[name].mean() for name in names])
+    spread = np.array([losses[name].std(ddof=1) if len(losses[name]) > 1 else 0.0 for name in names])
+    error = spread / np.sqrt(counts) * np.sqrt(np.clip(1 - counts / total, 0, 1))
+    rng = np.random.default_rng(seed)
+    drawn = means + rng.standard_t(np.maximum(counts - 1, 1), size=(DRAWS, len(names))) * error
+    now, then = rankdata(means), rankdata(drawn, axis=1)
+    centred_now, centred_then = now - now.mean(), then - then.mean(axis=1, keepdims=True)
+    scale = np.linalg.norm(centred_now) * np.linalg.norm(centred_then, axis=1)
+    rho = np.where(scale > 0, centred_then @ centred_now / np.where(scale > 0, scale, 1), 1.0)
+    shifts = ((then - now) ** 2).mean(axis=0)
+    return float(rho.mean()), {name: float(shift) for name, shift in zip(names, shifts)}
 
 
-def placed(name: str, estimates: dict[str, tuple[float, float, float]]) -> bool:
-    """Whether unit `name`'s interval no longer needs prompts, given every unit's (mean, low, high) so far."""
-    mean, low, high = estimates[name]
-    means = [value[0] for value in estimates.values()]
-    spread = max(means) - min(means)
-    if spread > 0 and high - low <= TOLERANCE * spread:
-        return True
-    ranked = sorted(estimates, key=lambda other: (estimates[other][0], other))
-    at = ranked.index(name)
-    neighbours = [ranked[i] for i in (at - 1, at + 1) if 0 <= i < len(ranked)]
-    return all(not overlap((low, high), estimates[other][1:]) for other in neighbours)
+def next_round(shifts: dict[str, float], open_units: list[str]) -> list[str]:
+    """The open units (not yet on every prompt) that carry SHARE of the open units' expected rank shifts, the
+    largest first (at least one)."""
+    ranked = sorted(open_units, key=lambda name: (-shifts[name], name))
+    total, chosen, carried = sum(shifts[name] for name in ranked), [], 0.0
+    for name in ranked:
+        chosen.append(name)
+        carried += shifts[name]
+        if carried >= SHARE * total:
+            break
+    return chosen
 
 
 def tie_groups(intervals: dict[str, tuple[float, float]], means: dict[str, float]) -> dict[str, int]:

@@ -26,7 +26,7 @@ from prunekit.models import Model
 from prunekit.options import merged
 from prunekit.rundir import RunDir
 from prunekit.sensitivity import pipelines
-from prunekit.sensitivity.intervals import MIN_PROMPTS, interval, placed
+from prunekit.sensitivity.intervals import MIN_PROMPTS, interval, next_round, ranking_forecast
 from prunekit.sensitivity.settings import Settings, SweepOptions, resolve, rule_value
 
 THUMBNAILS = 4  # prompts per unit whose images are kept for the report
@@ -64,6 +64,9 @@ def sensitivity(model: str | Model, out: str = "runs/sensitivity", options: Swee
         proxy_latents: proxy mode: `baseline` (the intact model's generations) or `rendered` (the prompts' reference
             images, VAE-encoded, where their world draws them); default rendered where it does, else baseline.
         clip_model: the CLIP model of CLIP score and FID (prunekit.metrics.choose_clip by default).
+        race: full mode: spend prompts only where the ranking is uncertain (prunekit.sensitivity.intervals), in
+            rounds of `race_round` prompts, until the ranking is forecast to agree with a full sweep's (every unit
+            on all `num_prompts`) at a Spearman correlation of `race_target`.
         progress: show progress bars (on the main process).
 
     Returns sensitivity.csv as a DataFrame: one row per unit measured in this directory so far.
@@ -152,30 +155,38 @@ def _one_by_one(settings: Settings, units: list[Unit], measure, table, progress:
 
 
 def _race(settings: Settings, units: list[Unit], measure, table, progress: bool) -> None:
-    """Every unit on rounds of --race-round prompts; a unit's row is written once its interval is placed
-    (prunekit.sensitivity.intervals.placed) or every prompt is measured. Only finished units are written: a
-    kill loses the rounds of the units in flight."""
+    """Every unit on a first round of max(--race-round, MIN_PROMPTS) prompts; then, until the ranking is
+    forecast to agree with a full sweep's at --race-target (prunekit.sensitivity.intervals), rounds of
+    --race-round more prompts for the units whose ranks are expected to move most. A unit's row is written
+    once it has every prompt, the others' when the race ends: a kill loses the rounds of units not yet written."""
     count = len(settings.prompts)
-    rounds = [list(range(start, min(start + settings.race_round, count)))
-              for start in range(0, count, settings.race_round)]
-    active = [unit for unit in units if unit.name not in table.units()]
-    measured = {unit.name: _Measured() for unit in active}
-    estimates: dict[str, tuple[float, float, float]] = {}
+    active = {unit.name: unit for unit in units if unit.name not in table.units()}
+    measured = {name: _Measured() for name in active}
     bar = tqdm(total=len(active), desc="sensitivity (racing)", unit="unit", disable=not progress)
-    for number, indices in enumerate(rounds):
-        last = number == len(rounds) - 1
-        for unit in active:
-            measured[unit.name].add(measure.generate(unit, indices))
-            losses = measured[unit.name].losses()
-            if len(losses) >= MIN_PROMPTS:
-                estimates[unit.name] = (float(losses.mean()), *interval(losses, settings.seed, unit.name))
-        for unit in list(active):
-            if last or (unit.name in estimates and placed(unit.name, estimates)):
-                done = measured.pop(unit.name)
-                values, losses = measure.columns(unit, done)
-                table.append(_row(settings, unit, values, losses, done.seconds, len(done.indices)))
-                active.remove(unit)
-                bar.update()
+
+    def write(name: str) -> None:
+        values, losses = measure.columns(active[name], measured[name])
+        table.append(_row(settings, active[name], values, losses, measured[name].seconds, len(measured[name].indices)))
+        bar.update()
+
+    def advance(name: str, prompts: int) -> None:
+        start = len(measured[name].indices)
+        measured[name].add(measure.generate(active[name], list(range(start, min(start + prompts, count)))))
+        if len(measured[name].indices) == count:
+            write(name)
+
+    for name in active:
+        advance(name, max(settings.race_round, MIN_PROMPTS))
+    while True:
+        open_units = [name for name in active if len(measured[name].indices) < count]
+        losses = {name: done.losses().double().numpy() for name, done in measured.items()}
+        agreement, shifts = ranking_forecast(losses, count, settings.seed)
+        if not open_units or agreement >= settings.race_target:
+            break
+        for name in next_round(shifts, open_units):
+            advance(name, settings.race_round)
+    for name in open_units:
+        write(name)
     bar.close()
 
 

@@ -59,8 +59,9 @@ class SweepOptions:
     timesteps: int = 4
     proxy_latents: str | None = None
     clip_model: str | None = None
-    race: bool = False  # stop spending prompts on a unit once its interval is placed (prunekit.sensitivity.intervals)
+    race: bool = False  # spend prompts only where the ranking is uncertain (prunekit.sensitivity.intervals)
     race_round: int = 8  # prompts per round of a race
+    race_target: float = 0.97  # a race ends once its ranking is forecast to agree with a full sweep's this well
     progress: bool = True
 
     def __post_init__(self):
@@ -74,6 +75,7 @@ class SweepOptions:
         check_count("batch_size", self.batch_size, optional=True)
         check_count("seed", self.seed, minimum=0)
         check_number("guidance", self.guidance, minimum=1, optional=True)
+        check_number("race_target", self.race_target, minimum=0, maximum=1)
         if self.mode in LATENT_MODES and self.metrics is not None:
             raise PrunekitError(f"{self.mode} mode scores by {MODE_WORDS[self.mode]} ({MODE_COLUMNS[self.mode]}) "
                                 "only: leave out --metrics, or use --mode full.")
@@ -118,6 +120,7 @@ class Settings:
     clip_model: str | None
     race: bool
     race_round: int
+    race_target: float
     progress: bool
 
     @property
@@ -167,14 +170,16 @@ class Settings:
                 "batch_size": self.batch_size, "device": self.device, "dtype": self.dtype, "init": self.init,
                 "units": [unit.name for unit in self.units] if self.units_given else None,
                 "timesteps": self.timesteps if proxy else None, "proxy_latents": self.proxy_latents,
-                "clip_model": self.clip_model, "race": self.race_round if self.race else None}
+                "clip_model": self.clip_model, "race": self.race_round if self.race else None,
+                "race_target": self.race_target if self.race else None}
 
     def notes(self) -> list[str]:
         notes = [f"sensitivity = {self.sensitivity_rule()} (larger = more harmful to remove); sensitivity_low and "
                  "sensitivity_high bound its 95% bootstrap interval over the prompts (prunekit.sensitivity.intervals)."]
         if self.race:
-            notes.append(f"racing: each unit was measured on rounds of {self.race_round} prompts until its interval "
-                         "cleared its neighbours' (the prompts column says how many it took).")
+            notes.append(f"racing: units were measured on rounds of {self.race_round} prompts until the ranking was "
+                         f"forecast to agree with a full sweep's at Spearman {self.race_target:g} (the prompts column "
+                         "says how many each took).")
         if self.init == "random":
             notes.append("random weights (--init random): for timing only; the scores mean nothing.")
         source = ("the baseline's generations" if self.proxy_latents == "baseline"
@@ -308,8 +313,12 @@ def resolve(model: str | Model, out: str, options: SweepOptions) -> Settings:
                             "use --mode full.")
     selected = _units(model.config, options.granularity, _names(options.units), model.tokens)
     guidance = model.card.guidance if options.guidance is None else float(options.guidance)
-    return Settings(model, str(out), options.granularity, options.mode, chosen,
+    settings = Settings(model, str(out), options.granularity, options.mode, chosen,
                     judge if judge is not None and judge.metric in chosen else None, source, tuple(texts),
                     options.steps, guidance, options.seed, options.batch_size, device, options.dtype, options.init,
                     selected, options.units is not None, options.timesteps, proxy_latents, clip_model,
-                    options.race, options.race_round, options.progress)
+                    options.race, options.race_round, options.race_target, options.progress)
+    if settings.race and settings.sensitivity_rule() == "fid":
+        raise PrunekitError("a race ranks units by per-prompt losses and FID is a score of the whole set: add clip, "
+                            "teacher or a judge to --metrics, or leave out --race.")
+    return settings
