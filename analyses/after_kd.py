@@ -112,8 +112,8 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
         if not timing.is_file():
             timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
         seconds = json.loads(timing.read_text())["seconds"]  # null: searched before times were kept
-        found.append({"method": objective, "remove": made.remove, "search_seconds": seconds,
-                      "kd_steps": made.provenance["planner"].get("kd_steps")})
+        search = {"seconds": seconds, "kd_steps": made.provenance["planner"].get("kd_steps")}
+        found.append({"method": objective, "remove": made.remove, "searches": {objective: search}})
     costs = lambda state: {m: space.fraction(state, m) for m in ("params", "macs")}  # noqa: E731
     exclude = [c["remove"] for c in found]
     chosen = (random_plans(feasible(space, costs, budget), budget, args.random, args.seed, exclude)
@@ -125,7 +125,7 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
         key = " ".join(sorted(candidate["remove"]))
         if key in merged:
             kept = merged[key]
-            kept.update({k: v for k, v in candidate.items() if k != "method" and kept.get(k) is None})
+            kept.setdefault("searches", {}).update(candidate.get("searches", {}))  # each objective's own search
             kept["method"] += f" = {candidate['method']}"
         else:
             merged[key] = candidate
@@ -363,9 +363,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                                            [{key: score[key] for key in QUALITY} for score in scores]))
             comparison.write(run.comparison_path, compared)
             print(rows[-1]["preset"], rows[-1]["method"], scores, flush=True)
-            if "recoverable" in candidate["method"]:
-                seconds = candidate.get("search_seconds")  # None: searched by an earlier run that kept no time
-                cost_rows.append({"preset": preset, "kd_steps": candidate.get("kd_steps"),
+            search = candidate.get("searches", {}).get("recoverable")
+            if search is not None:
+                seconds = search["seconds"]  # None: searched by an earlier run that kept no time
+                cost_rows.append({"preset": preset, "kd_steps": search["kd_steps"],
                                   "search_minutes": float("nan") if seconds is None else seconds / 60})
     distill_minutes = statistics.median(  # training alone, the latent cache built once for all
         json.loads(p.read_text())["seconds"] / 60 for p in args.work.glob("*/*/seed*/checkpoints/*/trainer_state.json"))
