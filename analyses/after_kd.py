@@ -235,9 +235,9 @@ def correlations(frame: pd.DataFrame, objectives, minutes: dict[str, float]) -> 
     for objective in objectives:
         row = {"objective": objective, "sweep minutes": minutes.get(objective, float("nan"))}
         for key in QUALITY:
-            row[f"{key} (all)"] = float(spearmanr(-frame[f"pred_{objective}"], frame[f"{key}_mean"]).statistic)
-            within = [spearmanr(-g[f"pred_{objective}"], g[f"{key}_mean"]).statistic for _, g in frame.groupby("preset")
-                      if len(g) > 2]
+            rank = lambda g: spearmanr(-g[f"pred_{objective}"], g[f"{key}_mean"]).statistic  # noqa: E731
+            row[f"{key} (all)"] = float(rank(frame)) if len(frame) > 2 else float("nan")  # two points rank as +-1
+            within = [rank(g) for _, g in frame.groupby("preset") if len(g) > 2]
             row[f"{key} (within budgets)"] = float(statistics.mean(within)) if within else float("nan")
         rows.append(row)
     return rows
