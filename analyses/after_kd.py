@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=300, help="KD steps of the recipe")
     parser.add_argument("--random", type=int, default=4, help="random plans per budget")
-    parser.add_argument("--first-rung", type=int, default=30, help="the recoverable search's first rung")
+    parser.add_argument("--first-rung", type=int, default=RecoverOptions.first_rung,
+                        help="the recoverable search's first rung (its last: 3x)")
     parser.add_argument("--pool", type=int, default=6, help="the recoverable search's candidates")
     parser.add_argument("--num-prompts", type=int, default=100, help="held-out prompts per score")
     parser.add_argument("--sweep-prompts", type=int, default=32)

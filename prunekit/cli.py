@@ -55,7 +55,10 @@ def _plan(args) -> None:
         return
     from prunekit.planner.recoverable import RecoverOptions
 
-    recover = RecoverOptions(first_rung=args.kd_steps, pool=args.pool, seed=args.seed)
+    for name in ("kd_steps", "pool"):
+        check_count(name, getattr(args, name), optional=True)
+    given = {"first_rung": args.kd_steps, "pool": args.pool}
+    recover = RecoverOptions(seed=args.seed, **{name: value for name, value in given.items() if value is not None})
     options = from_namespace(PlanOptions, args, recover=recover)  # checked before a measurer is built
     measure = None
     if args.objective == "measured":
@@ -219,10 +222,11 @@ def _plan_parser(commands) -> None:
                       help="measured: prompts each candidate is scored on (default 8, the run's prompt set)")
     plan.add_argument("--measure-steps", type=int, metavar="S",
                       help="measured: sampling steps (default: the sensitivity run's, else 25)")
-    plan.add_argument("--kd-steps", type=int, default=50, metavar="N",
-                      help="recoverable: KD steps of the first rung (then 3N and 9N for the candidates that go on)")
-    plan.add_argument("--pool", type=int, default=9,
-                      help="recoverable: candidates (the best by the additive objective, then random ones)")
+    plan.add_argument("--kd-steps", type=int, metavar="N",
+                      help="recoverable: KD steps of the first rung, then 3N for the candidates that go on "
+                           "(default 90: fewer leave the students too raw to rank)")
+    plan.add_argument("--pool", type=int,
+                      help="recoverable: candidates (default 6: the best by the additive objective, then random ones)")
     plan.add_argument("--method", choices=("greedy", "optuna"), default="greedy", help="default greedy")
     plan.add_argument("--kind", choices=("diffusers", "free"), default="diffusers",
                       help="the kind of plan: diffusers (default), whose student is a plain diffusers U-Net; free, "

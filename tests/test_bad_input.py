@@ -538,6 +538,9 @@ case("num-plan--trials=0", "number", lambda ctx: budget_plan(ctx, "--method", "o
 case("num-plan--trials=-1", "number", lambda ctx: budget_plan(ctx, "--method", "optuna", "--trials", "-1"))
 case("num-plan--measure-prompts=0", "number",
      lambda ctx: budget_plan(ctx, "--objective", "measured", "--measure-prompts", "0", "--measure-steps", "1"))
+for _flag in ("--kd-steps", "--pool"):
+    case(f"num-plan{_flag}=0", "number",
+         (lambda f: lambda ctx: budget_plan(ctx, "--objective", "recoverable", "--method", "optuna", f, "0"))(_flag))
 
 for _key, _value in (("batch_size", "0"), ("batch_size", "-1"), ("steps", "0"), ("lr", "0"), ("lr", "-1"),
                      ("lr", "nan"), ("lambda_task", "nan"), ("lambda_feat", "inf"), ("lambda_out", "-1"),
