@@ -466,53 +466,50 @@ def test_greedy_treats_steps_it_cannot_tell_apart_as_ties_and_saves_more():
 
 # -- the recoverable objective's search -------------------------------------------------------------------
 
-def _halving(candidates, loss, storage, name="halving"):
+def _halving(candidates, loss_at, storage, name="halving"):
     from prunekit.planner.search import successive_halving
 
-    return successive_halving(candidates, loss, storage=storage, study_name=name, first_rung=10, reduction=3)
+    return successive_halving(candidates, loss_at, schedule=[10, 30, 90], reduction=3, storage=storage,
+                              study_name=name)
 
 
-def test_successive_halving_stops_weak_candidates_early(tmp_path):
+def test_successive_halving_keeps_the_best_third_of_every_rung_whatever_the_order(tmp_path):
     finals = [0.5, 0.4, 0.9, 0.3, 0.95, 0.8, 0.2]  # each candidate's loss, the same at every rung
-    candidates = [{"remove": [f"u{i}"], "costs": {"params": 0.5}} for i in range(len(finals))]
-    spent = []
+    for order, name in ((range(7), "forward"), (reversed(range(7)), "backward")):
+        candidates = [{"remove": [f"u{i}"], "costs": {"params": 0.5}} for i in order]
+        spent = []
 
-    def loss(remove, trial):
-        import optuna
-
-        value = finals[int(remove[0][1:])]
-        for steps in (10, 30, 90):
+        def loss_at(remove, steps):
             spent.append((remove[0], steps))
-            trial.report(value, steps)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
-        return value
+            return finals[int(remove[0][1:])]
 
-    study = _halving(candidates, loss, f"sqlite:///{tmp_path / 's.db'}")
-    states = {t.params["candidate"]: t.state.name for t in study.trials}
-    assert states[2] == states[4] == states[5] == "PRUNED"  # worse than the best third at their first rung
-    assert states[6] == states[3] == "COMPLETE"  # each the best so far: promoted to the last rung
-    assert max(steps for name, steps in spent if name == "u4") == 10
-    best = min((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
-    assert best.user_attrs["plan"]["remove"] == ["u6"]
+        study = _halving(candidates, loss_at, f"sqlite:///{tmp_path / 's.db'}", name)
+        reached = {t.user_attrs["plan"]["remove"][0]: (t.state.name, t.last_step) for t in study.trials}
+        assert reached["u6"] == ("COMPLETE", 90) and reached["u3"] == ("PRUNED", 30)  # 7 // 3 = 2 go on, then 1
+        assert all(reached[f"u{i}"] == ("PRUNED", 10) for i in (0, 1, 2, 4, 5)), reached
+        assert sorted(spent) == sorted([(f"u{i}", 10) for i in range(7)] + [("u3", 30), ("u6", 30), ("u6", 90)])
+        best = min((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+        assert best.user_attrs["plan"]["remove"] == ["u6"] and best.value == 0.2
 
 
 def test_an_interrupted_recoverable_search_resumes_where_it_stopped(tmp_path):
-    candidates = [{"remove": [f"u{i}"], "costs": {"params": 0.5}} for i in range(5)]
-    calls = []
+    candidates = [{"remove": [f"u{i}"], "costs": {"params": 0.5}} for i in range(6)]
+    measured, calls = {}, []
 
-    def loss(remove, trial, stop_at=None):
-        calls.append(remove[0])
-        if remove[0] == stop_at:
+    def loss_at(remove, steps, stop_at=None):  # caches as the recoverable objective does
+        if (remove[0], steps) == stop_at:
             raise KeyboardInterrupt
-        trial.report(0.1 * len(calls), 10)
-        return 0.1 * int(remove[0][1:])
+        if (remove[0], steps) not in measured:
+            calls.append((remove[0], steps))
+            measured[remove[0], steps] = int(remove[0][1:]) / steps
+        return measured[remove[0], steps]
 
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    with pytest.raises(KeyboardInterrupt):
-        _halving(candidates, lambda r, t: loss(r, t, stop_at="u2"), storage)
-    assert calls == ["u0", "u1", "u2"]
-    study = _halving(candidates, loss, storage)
-    assert sorted(calls[3:]) == ["u2", "u3", "u4"]  # the finished two are not run again
-    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert sorted(t.params["candidate"] for t in finished) == [0, 1, 2, 3, 4]
+    with pytest.raises(KeyboardInterrupt):  # killed while the second finalist went on to 30 steps
+        _halving(candidates, lambda r, s: loss_at(r, s, stop_at=("u1", 30)), storage)
+    assert calls == [(f"u{i}", 10) for i in range(6)] + [("u0", 30)]
+    study = _halving(candidates, loss_at, storage)
+    assert calls[7:] == [("u1", 30), ("u0", 90)]  # nothing it finished is measured again
+    finished = {t.user_attrs["plan"]["remove"][0]: t.state.name for t in study.trials
+                if t.state.name in ("COMPLETE", "PRUNED")}
+    assert finished == {"u0": "COMPLETE", "u1": "PRUNED", **{f"u{i}": "PRUNED" for i in range(2, 6)}}

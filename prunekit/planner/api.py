@@ -231,14 +231,13 @@ def _recoverable(plan_space, additive: Additive, recoverable: Recoverable, costs
 
     candidates = pool(plan_space, costs, options.budget, additive, options.recover.pool, options.seed)
     name = _study_name(options, *keys, recoverable.identity)
-    study = successive_halving(candidates, recoverable,
+    study = successive_halving(candidates, recoverable.at, schedule=options.recover.schedule, reduction=REDUCTION,
                                storage=open_storage(options.storage) if options.storage else run_storage(options.run),
-                               study_name=name, first_rung=options.recover.first_rung, reduction=REDUCTION,
-                               progress=options.progress)
+                               study_name=name)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     best = min(complete, key=lambda t: (t.value, t.number))
     steps = {t.number: max(t.intermediate_values, default=0) for t in study.trials}
-    info = {"sampler": "SuccessiveHalvingPruner", "study": name, "trials": len(study.trials),
+    info = {"sampler": "SynchronousHalving", "study": name, "trials": len(study.trials),
             "space_size": len(candidates), "best_trial": best.number, "kd_steps": sum(steps.values()),
             "rungs": options.recover.schedule, "calibration": recoverable.prompts,
             "storage": options.storage or str(options.run.study_path)}

@@ -7,12 +7,13 @@ with one recipe, the same data and the same seeds for every candidate, and score
 teacher's quality the student lacks, 1 - student / teacher for the judge's headline (shapes: attributes, all
 four) and for the CLIP score, summed.
 
-The KD steps are spent by Optuna's successive-halving pruner (asynchronous, reduction factor 3): every
-candidate is distilled for the first rung's steps and scored; only a candidate among the best third of those
-scored at that rung so far goes on to the next rung (3x the steps), and so on. The first rung must be long
-enough for a student to draw again: on tiny-sd the loss after 30 KD steps ranks quality after retraining
-backwards (Spearman -0.54 over 13 plans), after 90 steps with Spearman 0.92 (analyses/recoverable_rungs.py). One learning-rate schedule
-spans the last rung, so a candidate that goes on continues the same run. The candidates are a pool: the plans
+The KD steps are spent by synchronous successive halving (prunekit.planner.search, reduction factor 3): every
+candidate is distilled for the first rung's steps and scored; then only the best third of them (at least one)
+goes on to the next rung (3x the steps), and so on; the last rung's loss chooses. (Optuna's own pruner is
+asynchronous: trying candidates one at a time, it promoted every early one that led so far, 4 of 6 on tiny-sd.)
+The first rung must be long enough for a student to draw again: on tiny-sd the loss after 30 KD steps ranks
+quality after retraining backwards (Spearman -0.54 over 13 plans), after 90 steps with Spearman 0.92
+(analyses/recoverable_rungs.py). One learning-rate schedule spans the last rung, so a candidate that goes on continues the same run. The candidates are a pool: the plans
 of least additive loss within the budget and random plans that use most of it (`pool`). The study lives in
 the run directory's optuna.db; every rung's score in planner_cache.db; every candidate's distillation in
 RUN/recoverable/ (its latent cache shared): a resumed search redoes nothing it finished.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from dataclasses import asdict, dataclass
 
@@ -66,10 +66,9 @@ class RecoverOptions:
 
 
 class Recoverable:
-    """Loss of a candidate after short distillations (see the module docstring); `trial` prunes it early."""
+    """Loss of a candidate after short distillations (see the module docstring), at any rung (`at`)."""
 
     cheap = False  # each candidate costs distillation
-    prunable = True  # takes the Optuna trial, to report each rung and stop when pruned
 
     def __init__(self, model, run, options: RecoverOptions, cache, kind: str = "diffusers", data: str | None = None):
         from prunekit import worlds
@@ -86,19 +85,6 @@ class Recoverable:
         self.identity = f"recoverable:{options.identity}:{self.prompts}"
         self._teacher: dict | None = None
         self.spent_steps = 0  # KD steps this process ran (for the search's cost)
-
-    def __call__(self, remove: list[str], trial=None) -> float:
-        """The loss after the last rung this candidate reaches (each rung reported to `trial`, which may prune)."""
-        import optuna
-
-        value = math.inf
-        for steps in self.options.schedule:
-            value = self.at(remove, steps)
-            if trial is not None:
-                trial.report(value, steps)
-                if steps < self.options.schedule[-1] and trial.should_prune():
-                    raise optuna.TrialPruned()
-        return value
 
     def at(self, remove: list[str], steps: int) -> float:
         """The loss after `steps` KD steps of the candidate's one run (cached by candidate and steps)."""

@@ -107,34 +107,61 @@ def front(study: optuna.Study) -> list[dict]:
     return list(rows.values())
 
 
-def successive_halving(candidates: list[dict], loss, *, storage, study_name: str, first_rung: int, reduction: int,
-                       progress: bool = False) -> optuna.Study:
-    """Score `candidates` ({"remove", "costs"}) by `loss(remove, trial)`, which reports each rung and stops once
-    Optuna's asynchronous successive-halving pruner says so; resumes a study in `storage`. Candidates are tried
-    in their order, each once: the first ones set the bar the later ones must reach at each rung."""
+class SynchronousHalving(optuna.pruners.BasePruner):
+    """Successive halving in step: at a rung, a trial goes on only if its value is among the best 1/reduction (at
+    least one) of those that every trial not failed reported at that rung. So the search must report a rung for
+    all its live trials before it asks any of them; then no candidate's fate depends on the order they ran in."""
+
+    def __init__(self, reduction: int):
+        self.reduction = reduction
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None:
+            return False
+        rivals = sorted((t.intermediate_values[step], t.number) for t in study.get_trials(deepcopy=False)
+                        if t.state != TrialState.FAIL and step in t.intermediate_values)
+        return (trial.intermediate_values[step], trial.number) not in rivals[:max(1, len(rivals) // self.reduction)]
+
+
+def successive_halving(candidates: list[dict], loss_at: Callable, *, schedule: list[int], reduction: int,
+                       storage, study_name: str) -> optuna.Study:
+    """Score `candidates` ({"remove", "costs"}) by `loss_at(remove, steps)` at each rung of `schedule` under
+    synchronous successive halving: every candidate is a trial (Optuna's ask-and-tell), every live trial reports a
+    rung, then SynchronousHalving prunes all but the best 1/reduction; the last rung's survivors complete.
+    Resumes a study in `storage`: a killed search's running trials fail and are asked again (`loss_at` is
+    expected to cache what they finished)."""
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=first_rung, reduction_factor=reduction)
-        study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True, pruner=pruner,
-                                    direction="minimize")
+        study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                    pruner=SynchronousHalving(reduction), direction="minimize")
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # a killed search's
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         finished = {t.params["candidate"] for t in study.get_trials(deepcopy=False, states=_FINISHED)}
-        todo = [index for index in range(len(candidates)) if index not in finished]
         waiting = {t.system_attrs.get("fixed_params", {}).get("candidate")
                    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))}
+        todo = [index for index in range(len(candidates)) if index not in finished]
         for index in todo:
-            if index not in waiting:  # a failed trial of the candidate stays; a new one is queued
+            if index not in waiting:
                 study.enqueue_trial({"candidate": index})
-
-        def objective(trial: optuna.Trial) -> float:
-            candidate = candidates[trial.suggest_categorical("candidate", list(range(len(candidates))))]
-            trial.set_user_attr("plan", candidate)
-            return loss(candidate["remove"], trial)
-
-        if todo:
-            study.optimize(objective, n_trials=len(todo), show_progress_bar=progress)
+        live, values = [], {}
+        for _ in todo:
+            trial = study.ask()  # takes a queued candidate
+            index = trial.suggest_categorical("candidate", list(range(len(candidates))))
+            trial.set_user_attr("plan", candidates[index])
+            live.append(trial)
+        for rung, steps in enumerate(schedule):
+            for trial in live:
+                values[trial.number] = loss_at(trial.user_attrs["plan"]["remove"], steps)
+                trial.report(values[trial.number], steps)
+            if rung < len(schedule) - 1:
+                pruned = [trial for trial in live if trial.should_prune()]  # decided before any is told
+                for trial in pruned:
+                    study.tell(trial, state=TrialState.PRUNED)
+                live = [trial for trial in live if trial not in pruned]
+        for trial in live:
+            study.tell(trial, values[trial.number])
     finally:
         optuna.logging.set_verbosity(verbosity)
     return study
