@@ -21,6 +21,7 @@ from prunekit.distill.data import Captioned, EpochSampler, FolderSource, flips, 
 from prunekit.distill.features import FeatureTaps, feature_pairs
 from prunekit.families.unet.features import match_points
 from prunekit.distill.losses import Weights, distill_losses, feature_loss
+from prunekit.distill.teacher_memo import TeacherMemo
 from prunekit.schedules import noising_for
 from prunekit.errors import PrunekitError
 from prunekit.guidance_tuning import TunedGuidance
@@ -353,6 +354,35 @@ def test_plain_fine_tuning_does_not_run_the_teacher(tmp_path, teacher_dir, plans
     assert rows[1].split(",")[3:5] == ["0.0", "0.0"]
 
 
+def test_runs_sharing_a_teacher_memo_train_exactly_as_runs_alone(tmp_path, teacher_dir, plans):
+    def losses(out):  # every logged value but the seconds
+        return [row.split(",")[:-1] for row in (out / "logs.csv").read_text().splitlines()]
+
+    memo, hits = TeacherMemo(), []
+    options = {**FAST, "steps": 3, "caption_dropout": 0.5, "feat_norm": "teacher"}
+    for name, run in (("bk-small", "shared"), ("bk-tiny", "shared"), ("bk-small", "again"), ("bk-small", "alone"),
+                      ("bk-tiny", "alone")):
+        before = memo.hits
+        distill(plans[name], "shapes", tmp_path / f"{name}-{run}", teacher=str(teacher_dir),
+                memo=memo if run != "alone" else None, **options)
+        hits.append(memo.hits - before)
+    assert losses(tmp_path / "bk-small-shared") == losses(tmp_path / "bk-small-alone")
+    assert losses(tmp_path / "bk-tiny-shared") == losses(tmp_path / "bk-tiny-alone")
+    assert losses(tmp_path / "bk-small-again") == losses(tmp_path / "bk-small-alone")
+    # bk-tiny matches an earlier teacher point than bk-small: it runs the teacher again, and entries gain that path
+    assert hits == [0, 0, 3, 0, 0] and memo.misses == 6
+
+
+def test_a_teacher_memo_keeps_nothing_past_its_bound():
+    memo = TeacherMemo(max_bytes=4 * 16)
+    first, second = memo.key(torch.zeros(2)), memo.key(torch.zeros(2, 1))
+    assert first != second and first == memo.key(torch.zeros(2)) != memo.key(torch.ones(2))
+    memo.put(first, torch.zeros(8), {"a": torch.zeros(8)})
+    memo.put(second, torch.zeros(8), {})
+    assert memo.get(first, ["a"])[1]["a"].shape == (8,) and memo.get(first, ["a", "b"]) is None
+    assert memo.get(second, []) is None and memo.bytes == 4 * 16
+
+
 def test_a_guidance_tuned_teacher_passes_its_tuned_task_target_on(tmp_path, teacher, teacher_dir, plans):
     tuned_dir = tmp_path / "tuned-teacher"
     teacher.save_pretrained(tuned_dir)
@@ -525,6 +555,7 @@ def test_the_recoverable_objective_plans_by_what_short_distillations_recover(tmp
     assert made.predicted["params_fraction"] <= 0.8 and info["objective"] == "recoverable"
     assert info["space_size"] == 4 and info["rungs"] == [1, 3] and info["calibration"] == "shapes-train"
     assert info["kd_steps"] == 4 * 1 + 1 * 2  # all four to the first rung, the best 4 // 3 on to the second
+    assert 1 <= info["teacher_passes_reused"] <= 3  # the first rung's step of the other three, where their paths allow
     candidates = sorted(p.name for p in (run / "recoverable").iterdir() if p.name != "cache")
     assert len(candidates) == 4 and (run / "recoverable" / "cache" / "cache.json").is_file()
     again = plan(str(teacher_dir), budget="params=0.8", sensitivity=run, objective="recoverable", method="optuna",

@@ -25,6 +25,7 @@ from prunekit.distill.cache import CachedDataset, Encoder, build_cache, cache_ke
 from prunekit.distill.data import Captioned, open_source
 from prunekit.distill.features import LAYERS, feature_pairs
 from prunekit.distill.losses import FEAT_NORMS, Weights
+from prunekit.distill.teacher_memo import TeacherMemo
 from prunekit.distill.trainer import DTYPES, Distiller, TrainConfig
 from prunekit.errors import PrunekitError
 from prunekit.families import denoiser_of
@@ -247,7 +248,7 @@ def _save(out: Path, plan: Plan, model: Model, trained, ema_model, evaluation: _
 
 
 def distill(plan: str | Path, data: str | None = None, out: str | Path = "distill", teacher: str | Model | None = None,
-            options: DistillOptions | None = None, **changes) -> dict:
+            options: DistillOptions | None = None, memo: TeacherMemo | None = None, **changes) -> dict:
     """Retrain the student of `plan` from its teacher by BK-SDM's distillation; returns a summary dict.
 
     Args:
@@ -281,6 +282,8 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
             eval_prompts, eval_num_prompts, eval_steps, eval_clip_model: the evaluation of eval.json
             (prunekit.evaluate; default prompts: the data's world's, else the data's first captions);
             eval_num_prompts=0 skips it; progress: show progress bars.
+        memo: the teacher's outputs shared with other runs of this teacher (prunekit.distill.teacher_memo): runs
+            of one recipe and seed, whatever their plans, then run it once per step between them.
 
     Returns:
         {"out", "student", "student_ema", "steps", "seconds", "pairs", "data", "skipped_images", "eval"}.
@@ -340,7 +343,7 @@ def distill(plan: str | Path, data: str | None = None, out: str | Path = "distil
     distiller = Distiller(accelerator, student, teacher_net, pipe.scheduler, encoder, dataset, pairs,
                           pipe.vae.config.scaling_factor, config, out, empty,
                           model.card.tuned,  # a tuned student keeps its teacher's target
-                          shift_factor=pipe.vae.config.get("shift_factor") or 0.0)
+                          shift_factor=pipe.vae.config.get("shift_factor") or 0.0, memo=memo)
     state = distiller.run(options.resume)
     summary = {"out": str(out), "student": str(out / "student"), "student_ema": None, "steps": state.step,
                "seconds": state.seconds, "pairs": pairs, "data": source.description,

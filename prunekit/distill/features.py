@@ -33,12 +33,13 @@ class FeatureTaps:
 
         self._family = family_of(config_of(model))
         modules = dict(model.named_modules())
-        missing = [path for path in paths if path not in modules]
+        self.paths = list(paths)
+        missing = [path for path in self.paths if path not in modules]
         if missing:
             raise PrunekitError(f"the model has no module(s) {', '.join(missing)}: the plan does not fit this U-Net.")
         self.features: dict[str, torch.Tensor] = {}
         self._active = False
-        self._handles = [modules[path].register_forward_hook(self._keeper(path)) for path in paths]
+        self._handles = [modules[path].register_forward_hook(self._keeper(path)) for path in self.paths]
 
     def _keeper(self, path: str):
         def keep(module, args, output):

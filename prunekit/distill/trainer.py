@@ -34,6 +34,7 @@ from prunekit.distill import checkpoints
 from prunekit.distill.data import EpochSampler
 from prunekit.distill.features import FeatureTaps
 from prunekit.distill.losses import Weights, distill_losses
+from prunekit.distill.teacher_memo import TeacherMemo
 from prunekit.errors import PrunekitError
 from prunekit.families import config_of, family_of
 from prunekit.schedules import noising_for
@@ -119,12 +120,14 @@ class Distiller:
             unguided)` gets the student's own empty-caption prediction for the same noisy input. A
             guidance-tuned teacher's card gives one (prunekit.guidance_tuning.TunedGuidance), so its students
             keep sampling at the teacher's scale as it does.
+        memo: teacher outputs shared with other runs that feed the teacher the same inputs
+            (prunekit.distill.teacher_memo); None runs the teacher at every step.
     """
 
     def __init__(self, accelerator: Accelerator, student: UNet2DConditionModel, teacher: UNet2DConditionModel,
                  scheduler, encoder, dataset, pairs: list[tuple[str, str]], scaling_factor: float,
                  config: TrainConfig, out: Path, empty: Conditioning, target_hook: TaskTarget | None = None,
-                 shift_factor: float = 0.0):
+                 shift_factor: float = 0.0, memo: TeacherMemo | None = None):
         self.accelerator, self.config, self.out = accelerator, config, Path(out)
         self.device, self.dtype = accelerator.device, DTYPES[accelerator.mixed_precision]
         self.noising = noising_for(scheduler)
@@ -138,7 +141,11 @@ class Distiller:
         student.train()
         features = bool(config.weights.feat) and bool(pairs)
         self.student_taps = FeatureTaps(student, [s for s, _ in pairs] if features else [])
-        self.teacher_taps = FeatureTaps(self.teacher, [t for _, t in pairs] if features else [])
+        self.memo = memo
+        tapped = [t for _, t in pairs] if features else []
+        if memo is not None:  # every path the memo's entries hold, so that its entries soon hold all
+            tapped = sorted(set(tapped) | memo.paths)
+        self.teacher_taps = FeatureTaps(self.teacher, tapped)
         self.ema = None
         if config.ema:
             self.ema = EMAModel(student.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3,
@@ -197,10 +204,23 @@ class Distiller:
             prediction = self.family.predict(self.student, noisy, timesteps, context.to(self.device, torch.float32))
         teacher_prediction, teacher_features = None, None
         if weights.needs_teacher:
-            with torch.no_grad(), self.teacher_taps.capture() as teacher_features:
-                teacher_prediction = self.family.predict(self.teacher, noisy.to(self.dtype), timesteps, context)
+            teacher_prediction, teacher_features = self._teacher(noisy.to(self.dtype), timesteps, context)
         return distill_losses(prediction, target, weights, teacher_prediction, student_features, teacher_features,
                               self.pairs, self.config.feat_norm)
+
+    def _teacher(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: Conditioning):
+        """The teacher's prediction and tapped features for these inputs: the memo's when it holds them."""
+        key = None
+        if self.memo is not None:
+            key = self.memo.key(noisy, timesteps, context.embeds, context.pooled, context.time_ids)
+            found = self.memo.get(key, self.teacher_taps.paths)
+            if found is not None:
+                return found
+        with torch.no_grad(), self.teacher_taps.capture() as features:
+            prediction = self.family.predict(self.teacher, noisy, timesteps, context)
+        if key is not None:
+            self.memo.put(key, prediction, features)
+        return prediction, features
 
     def _step(self, batches, step: int) -> list[float]:
         """One optimizer step over `grad_accum` micro-batches; returns [loss, task, out, feat] averaged."""

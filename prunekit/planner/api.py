@@ -240,6 +240,7 @@ def _recoverable(plan_space, additive: Additive, recoverable: Recoverable, costs
     info = {"sampler": "SynchronousHalving", "study": name, "trials": len(study.trials),
             "space_size": len(candidates), "best_trial": best.number, "kd_steps": sum(steps.values()),
             "rungs": options.recover.schedule, "calibration": recoverable.prompts,
+            "teacher_passes_reused": recoverable.memo.hits,  # KD steps of this process that reused the teacher's
             "storage": options.storage or str(options.run.study_path)}
     return best, info
 

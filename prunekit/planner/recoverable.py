@@ -13,7 +13,9 @@ goes on to the next rung (3x the steps), and so on; the last rung's loss chooses
 asynchronous: trying candidates one at a time, it promoted every early one that led so far, 4 of 6 on tiny-sd.)
 The first rung must be long enough for a student to draw again: on tiny-sd the loss after 30 KD steps ranks
 quality after retraining backwards (Spearman -0.54 over 13 plans), after 90 steps with Spearman 0.92
-(analyses/recoverable_rungs.py). One learning-rate schedule spans the last rung, so a candidate that goes on continues the same run. The candidates are a pool: the plans
+(analyses/recoverable_rungs.py). One learning-rate schedule spans the last rung, so a candidate that goes on continues the same run.
+As every candidate's run draws the same data, noise and timesteps, the teacher's outputs at each step are
+computed once and shared (prunekit.distill.teacher_memo). The candidates are a pool: the plans
 of least additive loss within the budget and random plans that use most of it (`pool`). The study lives in
 the run directory's optuna.db; every rung's score in planner_cache.db; every candidate's distillation in
 RUN/recoverable/ (its latent cache shared): a resumed search redoes nothing it finished.
@@ -72,6 +74,7 @@ class Recoverable:
 
     def __init__(self, model, run, options: RecoverOptions, cache, kind: str = "diffusers", data: str | None = None):
         from prunekit import worlds
+        from prunekit.distill.teacher_memo import TeacherMemo
 
         self.model, self.run, self.options, self.cache, self.kind = model, run, options, cache, kind
         self.data = data or model.card.data
@@ -84,6 +87,7 @@ class Recoverable:
         self.folder = run.path / FOLDER
         self.identity = f"recoverable:{options.identity}:{self.prompts}"
         self._teacher: dict | None = None
+        self.memo = TeacherMemo()  # every candidate's run feeds the teacher the same inputs
         self.spent_steps = 0  # KD steps this process ran (for the search's cost)
 
     def at(self, remove: list[str], steps: int) -> float:
@@ -119,7 +123,7 @@ class Recoverable:
                                  cache_latents=True, cache_dir=str(self.folder / "cache"),
                                  num_examples=self.options.num_examples, checkpoint_every=steps, keep_checkpoints=1,
                                  seed=self.options.seed, eval_num_prompts=0, progress=False, resume=bool(before))
-        done = distill(plan_path, self.data, out, self.model, options)
+        done = distill(plan_path, self.data, out, self.model, options, memo=self.memo)
         self.spent_steps += done["steps"] - done_before
         return load_student(out / "student")
 
