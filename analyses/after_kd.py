@@ -225,6 +225,7 @@ def verdicts(frame: pd.DataFrame, objectives) -> list[dict]:
                 sd = max(row[f"{key}_sd"], base[f"{key}_sd"])
                 entry[f"{key} diff"] = margin
                 entry[f"{key} 2sd"] = 2 * sd
+                entry[f"{key} needed"] = base[f"{key}_mean"] + 2 * sd  # the mean that would beat the preset
                 entry[f"{key} beats"] = bool(margin > 2 * sd)
             out.append(entry)
     return out
@@ -290,9 +291,12 @@ def write(out: Path, frame: pd.DataFrame, teacher: dict, args, cost: dict) -> No
              markdown(shown, ["preset", "method", "params_fraction", "macs_fraction", "attr", "clip",
                               *(f"pred_{name}" for name in args.objectives + args.criteria)]), "",
              "## Each objective's plan against the preset (beats: by more than 2 sd)", "",
+             "needed: the mean a plan must pass to beat the preset; retraining cannot take a student far past its "
+             "teacher's score (above).", "",
              markdown(verdicts(frame, args.objectives),
-                      ["preset", "objective", "same plan", "attr_all diff", "attr_all 2sd", "attr_all beats",
-                       "clip_score diff", "clip_score 2sd", "clip_score beats"]),
+                      ["preset", "objective", "same plan", "attr_all diff", "attr_all 2sd", "attr_all needed",
+                       "attr_all beats", "clip_score diff", "clip_score 2sd", "clip_score needed",
+                       "clip_score beats"]),
              "", "## How well each objective and criterion predicts quality after retraining (Spearman of -loss "
              "with quality)", "",
              "A criterion's loss is the sum of its unit scores over the candidate's units (cosine: one minus the "

@@ -166,6 +166,21 @@ def test_bk_tiny_takes_an_earlier_point_of_equal_shape(teacher, plans):
     assert all(got[s].shape == wanted[t].shape for s, t in pairs)
 
 
+@pytest.mark.parametrize("layers", ["block-out", "self-attn"])
+def test_a_teacher_memo_run_taps_every_point_any_student_matches(teacher, layers):
+    from prunekit.families import config_of, family_of
+
+    transformer = stand_ins.sd3_pipeline().transformer
+    for net in (teacher.unet, transformer):
+        family = family_of(config_of(net))
+        points = family.feature_points(net, layers)
+        for name in family.presets(config_of(net)):
+            plan = make_preset(name, "stand-in", config_of(net))
+            student, _ = build_student(net, plan)
+            assert {t for _, t in feature_pairs(student, net, plan.weight_map, layers)} <= set(points), name
+        assert len(points) == len(set(points)) and all(net.get_submodule(path) is not None for path in points)
+
+
 def test_match_rule_walks_back_to_the_latest_equal_shape():
     teacher = [("a.r0", (8, 4)), ("a.at0", (8, 4)), ("a.r1", (8, 4)), ("a.at1", (8, 4)), ("a.down", (8, 2)),
                ("a", (8, 2))]
@@ -369,8 +384,8 @@ def test_runs_sharing_a_teacher_memo_train_exactly_as_runs_alone(tmp_path, teach
     assert losses(tmp_path / "bk-small-shared") == losses(tmp_path / "bk-small-alone")
     assert losses(tmp_path / "bk-tiny-shared") == losses(tmp_path / "bk-tiny-alone")
     assert losses(tmp_path / "bk-small-again") == losses(tmp_path / "bk-small-alone")
-    # bk-tiny matches an earlier teacher point than bk-small: it runs the teacher again, and entries gain that path
-    assert hits == [0, 0, 3, 0, 0] and memo.misses == 6
+    # bk-tiny matches an earlier teacher point than bk-small, which the first run tapped for it
+    assert hits == [0, 3, 3, 0, 0] and memo.misses == 3
 
 
 def test_a_teacher_memo_keeps_nothing_past_its_bound():

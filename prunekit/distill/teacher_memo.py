@@ -28,7 +28,6 @@ class TeacherMemo:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.hits = self.misses = 0
-        self.paths: set[str] = set()  # every feature path an entry was computed with
         self._entries: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
 
     @staticmethod
@@ -60,4 +59,3 @@ class TeacherMemo:
             return
         self._entries[key] = (prediction.detach(), {path: f.detach() for path, f in features.items()})
         self.bytes += grown
-        self.paths |= features.keys()

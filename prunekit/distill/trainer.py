@@ -143,8 +143,8 @@ class Distiller:
         self.student_taps = FeatureTaps(student, [s for s, _ in pairs] if features else [])
         self.memo = memo
         tapped = [t for _, t in pairs] if features else []
-        if memo is not None:  # every path the memo's entries hold, so that its entries soon hold all
-            tapped = sorted(set(tapped) | memo.paths)
+        if memo is not None and features:  # every point any student may match: the memo serves them all
+            tapped = sorted(set(tapped) | set(self.family.feature_points(self.teacher, config.feat_layers)))
         self.teacher_taps = FeatureTaps(self.teacher, tapped)
         self.ema = None
         if config.ema:

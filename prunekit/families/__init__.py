@@ -112,6 +112,11 @@ class Family:
         """(student path, teacher path) of every feature distillation matches (prunekit.distill.features)."""
         raise NotImplementedError
 
+    def feature_points(self, teacher, layers: str) -> list[str]:
+        """Every path of `teacher` that feature_pairs may match, whatever the student (a shared teacher memo,
+        prunekit.distill.teacher_memo, taps them all)."""
+        raise NotImplementedError
+
     def feature(self, path: str, output):
         """The hidden states in what its module at `path` returned (a feature distillation matches)."""
         raise NotImplementedError

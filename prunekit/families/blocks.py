@@ -202,6 +202,10 @@ class BlockFamily(Family):
             return blocks
         return [(f"{path}.attn", f"{source}.attn") for path, source in blocks]
 
+    def feature_points(self, teacher, layers: str) -> list[str]:
+        blocks = [f"{stack.attr}.{k}" for stack in self.stacks for k in range(len(getattr(teacher, stack.attr)))]
+        return blocks if layers == "block-out" else [f"{path}.attn" for path in blocks]
+
     def feature(self, path: str, output):
         """The image stream in what the module at `path` returned: a joint block returns (text, image), a joint
         attention (image, text)."""

@@ -105,6 +105,9 @@ class UNetFamily(Family):
 
         return features.feature_pairs(student, teacher, weight_map, layers, probe)
 
+    def feature_points(self, teacher, layers: str) -> list[str]:
+        return features.feature_points(teacher, layers)
+
     def feature(self, path: str, output):
         return output if isinstance(output, torch.Tensor) else output[0]
 

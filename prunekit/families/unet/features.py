@@ -89,6 +89,15 @@ def self_attention_pairs(student: nn.Module, weight_map: dict[str, str]) -> list
     return [(path, sources[f"{path}.to_q.weight"][:-len(".to_q.weight")]) for path in paths]
 
 
+def feature_points(teacher: nn.Module, layers: str) -> list[str]:
+    """Every teacher path a student's pairs may take: each self-attention (`self-attn`), or each candidate point
+    of each stage."""
+    if layers == "self-attn":
+        return [path for path, _ in teacher.named_modules() if path.endswith(".attn1")]
+    return [point for name in STAGES for i in range(len(getattr(teacher, name)))
+            for point in candidate_points(teacher, f"{name}.{i}")]
+
+
 def feature_pairs(student: nn.Module, teacher: nn.Module, weight_map: dict[str, str], layers: str,
                   probe) -> list[tuple[str, str]]:
     """(student path, teacher path) of every feature to match: one per student stage that has a teacher stage
