@@ -4,9 +4,10 @@ A frozen teacher's prediction and features depend on its inputs alone. Distillat
 noise and timesteps from the same seeds (the recoverable objective's candidates: one recipe, many students)
 hand it the same inputs at every step whatever their students are, so all but the first can skip its forward
 pass. A `TeacherMemo` is keyed by a digest of the inputs' bytes, never by step, so a hit is exact: the tensors
-a pass would have computed. An entry holds the features of every module path tapped when it was computed; a
-run that needs a path an entry lacks runs the teacher again and the entry gains it, and each run taps every
-path the memo knows besides its own, so entries soon hold every path. Past `max_bytes` nothing new is kept.
+a pass would have computed. An entry holds the features of every module path tapped when it was computed,
+and a run with a memo taps every point any student may match (the family's `feature_points`); a run that
+needs a path an entry lacks runs the teacher again and replaces the entry. Past `max_bytes` nothing new is
+kept. One memo serves one teacher: the digest covers the inputs, not the model.
 """
 from __future__ import annotations
 
