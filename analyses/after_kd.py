@@ -21,7 +21,8 @@ twice the larger of the two sds. Each objective's prediction (its loss: the addi
 (`--criteria`: the sum of the candidate's unit scores from a `--mode cosine` or `--mode mse` sweep, one intact
 pass each, in WORK/sweep-CRITERION), beside each one's sweep minutes. The recoverable search's cost is its
 KD steps and wall time against one distillation of the recipe (the time of the run that searched, kept in
-WORK/PRESET/search-OBJECTIVE.json, as a rerun resumes the search from its storage). Everything finished is kept in --work: a rerun
+WORK/PRESET/search-OBJECTIVE.json, as a rerun resumes the search from its storage), with and without the
+latent cache the search builds and every retraining reads (a distillation's time is its training alone). Everything finished is kept in --work: a rerun
 measures only what is missing. Writes into --out: results.csv, table.md, plot.png; and every candidate into the
 sweep's comparison.csv (prunekit.comparison), so `prunekit report WORK/sweep` sets them side by side.
 """
@@ -52,7 +53,8 @@ from prunekit.planner.budget import Budget  # noqa: E402
 from prunekit.cache import Cache  # noqa: E402
 from prunekit.planner.measured import deferred_measurer  # noqa: E402
 from prunekit.planner.objective import Additive  # noqa: E402
-from prunekit.planner.recoverable import ENUMERABLE, RecoverOptions, Recoverable, feasible, random_plans  # noqa: E402
+from prunekit.planner.recoverable import (  # noqa: E402
+    ENUMERABLE, RecoverOptions, Recoverable, feasible, latent_cache, random_plans)
 from prunekit.families import family_of  # noqa: E402
 from prunekit.planner.space import Space, make_space  # noqa: E402
 from prunekit.rundir import RunDir  # noqa: E402
@@ -67,10 +69,11 @@ OBJECTIVES = ("additive", "measured", "recoverable")
 
 
 def recipe(args, seed: int, resume: bool) -> DistillOptions:
-    """The one retraining every candidate gets (analyses/recovery.py found it; see reports/recovery)."""
+    """The one retraining every candidate gets (analyses/recovery.py found it; see reports/recovery), from the
+    recoverable search's latent cache (the same data: whichever runs first builds it for all)."""
     return DistillOptions(steps=args.steps, batch_size=32, lr=5e-4, lr_schedule="cosine", warmup=args.steps // 10,
                           ema=True, ema_decay=0.999, caption_dropout=0.1, feat_norm="teacher", cache_latents=True,
-                          cache_dir=str(args.work / "cache"), num_examples=10_000, checkpoint_every=args.steps,
+                          cache_dir=str(latent_cache(RunDir(args.work / "sweep"))), num_examples=10_000, checkpoint_every=args.steps,
                           keep_checkpoints=1, seed=seed, eval_num_prompts=0, resume=resume, progress=False)
 
 
@@ -104,15 +107,18 @@ def candidates(model, run: RunDir, preset: str, budget: Budget, args, work: Path
     found = [{"method": f"preset:{preset}", "remove": preset_remove(preset, model.config)}]
     for objective in args.objectives:
         timing = work / f"search-{objective}.json"  # the first search's wall time: a rerun resumes from storage
-        started = time.perf_counter()
+        started, clock = time.perf_counter(), time.time()
         measure = deferred_measurer(model.name, str(run.path)) if objective == "measured" else None
         made = plan(model, budget=budget, sensitivity=str(run.path), objective=objective, method="optuna",
                     trials=100, measure=measure, recover=RecoverOptions(first_rung=args.first_rung, pool=args.pool),
                     out=work / f"plan-{objective}.json", force=True, progress=False)
         if not timing.is_file():
-            timing.write_text(json.dumps({"seconds": time.perf_counter() - started}))
-        seconds = json.loads(timing.read_text())["seconds"]  # null: searched before times were kept
-        search = {"seconds": seconds, "kd_steps": made.provenance["planner"].get("kd_steps")}
+            build = latent_cache(run) / "build.json"  # the shared latent cache, if this search built it
+            built = build.is_file() and build.stat().st_mtime >= clock
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - started,
+                                          "cache_seconds": json.loads(build.read_text())["seconds"] if built else 0}))
+        kept = json.loads(timing.read_text())  # seconds null: searched before times were kept
+        search = {**kept, "kd_steps": made.provenance["planner"].get("kd_steps")}
         found.append({"method": objective, "remove": made.remove, "searches": {objective: search}})
     costs = lambda state: {m: space.fraction(state, m) for m in ("params", "macs")}  # noqa: E731
     exclude = [c["remove"] for c in found]
@@ -307,7 +313,10 @@ def write(out: Path, frame: pd.DataFrame, teacher: dict, args, cost: dict) -> No
                       ["objective", "sweep minutes", "attr_all (all)", "attr_all (within budgets)",
                        "clip_score (all)", "clip_score (within budgets)"]), "",
              *(["## The recoverable search's cost", "",
-                markdown(cost["rows"], ["preset", "kd_steps", "kd_ratio", "search_minutes", "wall_ratio"]), ""]
+                markdown(cost["rows"], ["preset", "kd_steps", "kd_ratio", "search_minutes", "wall_ratio",
+                                         "cache_minutes", "ratio_less_cache"]), "",
+                "cache_minutes: the latent cache the search built, which every retraining then reads; "
+                "ratio_less_cache leaves it out, as the distillations' own training time does.", ""]
                if searched else []),
              f"A distillation of the recipe: {args.steps} KD steps, {cost['distill_minutes']:.2f} min of training "
              "(median of the study's runs).", ""]
@@ -371,13 +380,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             search = candidate.get("searches", {}).get("recoverable")
             if search is not None:
                 seconds = search["seconds"]  # None: searched by an earlier run that kept no time
+                cache = search.get("cache_seconds")  # None: searched before the cache build was kept
                 cost_rows.append({"preset": preset, "kd_steps": search["kd_steps"],
-                                  "search_minutes": float("nan") if seconds is None else seconds / 60})
+                                  "search_minutes": float("nan") if seconds is None else seconds / 60,
+                                  "cache_minutes": float("nan") if cache is None else cache / 60})
     distill_minutes = statistics.median(  # training alone, the latent cache built once for all
         json.loads(p.read_text())["seconds"] / 60 for p in args.work.glob("*/*/seed*/checkpoints/*/trainer_state.json"))
     for row in cost_rows:
         row["kd_ratio"] = (row["kd_steps"] or 0) / args.steps
         row["wall_ratio"] = row["search_minutes"] / distill_minutes if distill_minutes else float("nan")
+        row["ratio_less_cache"] = ((row["search_minutes"] - row["cache_minutes"]) / distill_minutes
+                                   if distill_minutes else float("nan"))
     teacher_path = args.work / "teacher_quality.json"
     if not teacher_path.is_file():
         teacher_path.write_text(json.dumps(quality(model, model.pipeline(), args)))

@@ -306,8 +306,11 @@ def test_latent_cache_is_built_once(tmp_path, teacher):
     expected = encoder.moments(dataset.pixels(dataset.source.item(1)[0], True)[None])[0]
     assert torch.allclose(torch.from_numpy(moments[1, 1]), expected, atol=1e-5)
     stamp = (directory / "moments.npy").stat().st_mtime_ns
+    built = json.loads((directory / "build.json").read_text())["seconds"]
+    assert built > 0
     build_cache(directory, dataset, encoder, key, progress=False)
     assert (directory / "moments.npy").stat().st_mtime_ns == stamp
+    assert json.loads((directory / "build.json").read_text())["seconds"] == built  # kept: no second build
     build_cache(directory, dataset, encoder, {**key, "resolution": 32}, progress=False)
     assert (directory / "moments.npy").stat().st_mtime_ns != stamp
 

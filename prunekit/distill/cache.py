@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,9 @@ def cache_key(dataset: Captioned, teacher: str, dtype: torch.dtype) -> dict:
 
 def build_cache(directory: Path, dataset: Captioned, encoder: Encoder, key: dict, batch_size: int = 64,
                 progress: bool = True) -> Path:
-    """Encode every example of `dataset` into `directory` (kept as is when it already holds the same cache)."""
+    """Encode every example of `dataset` into `directory` (kept as is when it already holds the same cache); the
+    build's wall time goes to directory/build.json ({"seconds"}), so runs that share the cache can tell its cost."""
+    started = time.perf_counter()
     directory = Path(directory)
     meta = directory / "cache.json"
     if meta.is_file() and json.loads(meta.read_text()) == {**key, "complete": True}:
@@ -133,5 +136,6 @@ def build_cache(directory: Path, dataset: Captioned, encoder: Encoder, key: dict
     if encoded[0].pooled is not None:
         np.save(directory / "pooled.npy",
                 np.concatenate([c.pooled.float().cpu().numpy() for c in encoded]).astype(text_dtype))
+    (directory / "build.json").write_text(json.dumps({"seconds": time.perf_counter() - started}) + "\n")
     meta.write_text(json.dumps({**key, "complete": True}, indent=2) + "\n")
     return directory

@@ -26,6 +26,7 @@ import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from prunekit.errors import PrunekitError
 from prunekit.options import check_count, check_number
@@ -33,6 +34,14 @@ from prunekit.options import check_count, check_number
 FOLDER = "recoverable"  # under the run directory
 MEANING = ("the share of the teacher's quality the student lacks after a short distillation: 1 - student / teacher "
            "for the judge's headline and for the CLIP score, summed")
+
+
+def latent_cache(run) -> Path:
+    """The latent cache every candidate's distillation reads (built by the first), under the run directory: a
+    later distillation of the same data may share it."""
+    return run.path / FOLDER / "cache"
+
+
 REDUCTION = 3  # successive halving's reduction factor: rung k distils first_rung * 3 ** k steps
 
 
@@ -120,7 +129,7 @@ class Recoverable:
         options = DistillOptions(steps=steps, schedule_steps=self.options.schedule[-1],
                                  batch_size=self.options.batch_size, lr=self.options.lr, lr_schedule="cosine",
                                  warmup=self.options.warmup, caption_dropout=self.options.caption_dropout,
-                                 cache_latents=True, cache_dir=str(self.folder / "cache"),
+                                 cache_latents=True, cache_dir=str(latent_cache(self.run)),
                                  num_examples=self.options.num_examples, checkpoint_every=steps, keep_checkpoints=1,
                                  seed=self.options.seed, eval_num_prompts=0, progress=False, resume=bool(before))
         done = distill(plan_path, self.data, out, self.model, options, memo=self.memo)
