@@ -6,6 +6,7 @@ training, whatever the seed.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import re
@@ -86,7 +87,8 @@ def all_combinations() -> list[Attributes]:
     return [Attributes(*combo) for combo in itertools.product(SIZES, COLORS, SHAPES, POSITIONS, BACKGROUNDS)]
 
 
-def split_combinations(split: str) -> list[Attributes]:
+@functools.cache  # every example drawn looks its split up: computed once, not per example
+def split_combinations(split: str) -> tuple[Attributes, ...]:
     """The combinations of `split` ("train" or "heldout"); the two never overlap."""
     if split not in ("train", "heldout"):
         raise ValueError(f"unknown split {split!r}: use 'train' or 'heldout'")
@@ -94,7 +96,7 @@ def split_combinations(split: str) -> list[Attributes]:
     order = np.random.default_rng(SPLIT_SEED).permutation(len(combos))
     n_heldout = round(len(combos) * HELDOUT_FRACTION)
     chosen = sorted(order[:n_heldout]) if split == "heldout" else sorted(order[n_heldout:])
-    return [combos[i] for i in chosen]
+    return tuple(combos[i] for i in chosen)
 
 
 def prompts(split: str = "heldout", n: int | None = None, seed: int = 0) -> list[str]:
