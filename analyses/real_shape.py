@@ -6,10 +6,10 @@
 No hub is reachable here, so the model's published architecture (its alias's config, in code) gets random
 weights at its real widths: its denoiser, SD's VAE and text encoders of SD's depth at the denoiser's widths
 (prunekit.sensitivity.pipelines.random_pipeline), at a small latent size, saved once as a local pipeline
-directory in WORK/MODEL/pipe. The loop then runs as the commands a user types, each in its own process:
-sensitivity (2 prompts, 2 steps), a plan under --budget from that sweep, distill (2 steps at batch 1, scored
-on one prompt by the bundled tiny-clip) and report; last, the student must load with plain diffusers at the
-plan's parameter count. Each stage's wall time and peak memory (its process's largest resident set) are
+directory in WORK/MODEL/pipe. That build and then the loop, as the commands a user types, each run in a
+process of their own: sensitivity (2 prompts, 2 steps), a plan under --budget from that sweep, distill (2 steps
+at batch 1, scored on one prompt by the bundled tiny-clip) and report; last, the student must load with plain
+diffusers at the plan's parameter count. Each stage's wall time and peak memory (its process's largest resident set) are
 printed, kept in WORK/MODEL/stages.json and tabulated in OUT/MODEL.md; a rerun starts the loop afresh in
 WORK/MODEL/run (only the pipeline is kept). Random weights say nothing about quality: this shows that the path
 works at real widths and what each stage costs in time and memory at this latent size.
@@ -17,7 +17,6 @@ works at real widths and what each stage costs in time and memory at this latent
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -34,18 +33,14 @@ from prunekit.models import ASSETS, resolve_model  # noqa: E402
 CLIP = str(ASSETS / "tiny-clip")  # the bundled scorer: the real CLIP is on the hub
 
 
-def build(model: str, latent: int, folder: Path) -> Path:
-    """The random real-shaped pipeline of `model` at `latent` x `latent` latents, saved in folder/pipe (kept: a
-    later run reuses it)."""
+def build(model: str, latent: int, path: Path) -> None:
+    """The random real-shaped pipeline of `model` at `latent` x `latent` latents, saved in `path` (kept: a later
+    run reuses it). It runs in a process of its own (`--build-only`), as the stages do, so that this one stays
+    small: a process started from it would count this one's memory in its peak."""
     from prunekit.sensitivity.pipelines import random_pipeline
 
-    path = folder / "pipe"
     if not (path / "model_index.json").is_file():
-        pipe = random_pipeline({**resolve_model(model).config, "sample_size": latent}, "cpu", seed=0)
-        pipe.save_pretrained(path)
-        del pipe
-        gc.collect()
-    return path
+        random_pipeline({**resolve_model(model).config, "sample_size": latent}, "cpu", seed=0).save_pretrained(path)
 
 
 def machine() -> str:
@@ -55,9 +50,9 @@ def machine() -> str:
 
 
 def commands(pipe: Path, run: Path, args) -> dict[str, list[str]]:
-    """The loop's commands, in order, as a user types them."""
+    """The pipeline's build, then the loop's commands as a user types them, in order."""
     units = ["--units", args.units] if args.units else []
-    return {
+    loop = {
         "sensitivity": ["sensitivity", "--model", str(pipe), "--out", str(run), "--granularity", args.granularity,
                         *units, "--prompts", "shapes", "--num-prompts", "2", "--steps", "2", "--clip-model", CLIP],
         "plan": ["plan", "--model", str(pipe), "--sensitivity", str(run), "--budget", args.budget,
@@ -67,13 +62,16 @@ def commands(pipe: Path, run: Path, args) -> dict[str, list[str]]:
                     args.mixed_precision, "--eval-num-prompts", "1", "--eval-steps", "2", "--eval-clip-model", CLIP],
         "report": ["report", str(run)],
     }
+    built = [sys.executable, str(Path(__file__).resolve()), "--build-only", "--model", args.model,
+             "--latent", str(args.latent), "--work", args.work]
+    return {"build": built, **{name: [sys.executable, "-m", "prunekit", *argv] for name, argv in loop.items()}}
 
 
 def timed(argv: list[str], log: Path) -> dict:
-    """Runs a prunekit command in its own process (output to `log`): its exit status, seconds and peak memory."""
+    """Runs a command in its own process (output to `log`): its exit status, seconds and peak memory."""
     started = time.perf_counter()
     with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "prunekit", *argv], stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own resource usage
         process.returncode = os.waitstatus_to_exitcode(status)
     return {"rc": process.returncode, "seconds": time.perf_counter() - started,
@@ -81,12 +79,15 @@ def timed(argv: list[str], log: Path) -> dict:
 
 
 def reloaded_params(student: Path) -> int:
-    """The parameters of the student's denoiser as plain diffusers loads it."""
+    """The parameters of the student's denoiser as plain diffusers loads it (absent components, such as SD3's T5
+    here, passed as None, as diffusers asks)."""
     from diffusers import DiffusionPipeline
 
     from prunekit.families import denoiser_of
+    from prunekit.models import absent_components
 
-    pipe = DiffusionPipeline.from_pretrained(student)
+    absent = absent_components(json.loads((student / "model_index.json").read_text()))
+    pipe = DiffusionPipeline.from_pretrained(student, **absent)
     return sum(p.numel() for p in denoiser_of(pipe).parameters())
 
 
@@ -120,16 +121,18 @@ def main(argv=None) -> dict:
                         help="the distillation's (bf16 halves the frozen teacher's memory)")
     parser.add_argument("--work", default="runs/real_shape")
     parser.add_argument("--out", default="reports/real_shape", help="where MODEL.md goes")
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)  # the build stage's process
     args = parser.parse_args(argv)
     folder = Path(args.work) / args.model
     folder.mkdir(parents=True, exist_ok=True)
-    run = folder / "run"
+    pipe, run = folder / "pipe", folder / "run"
+    if args.build_only:
+        build(args.model, args.latent, pipe)
+        return {}
     shutil.rmtree(run, ignore_errors=True)  # every stage is timed afresh; only the built pipeline is kept
-    started, kept = time.perf_counter(), (folder / "pipe" / "model_index.json").is_file()
-    pipe = build(args.model, args.latent, folder)
-    stages = {"build": {"rc": 0, "kept": kept, "seconds": time.perf_counter() - started, "peak_gb": None}}
+    stages, kept = {}, (pipe / "model_index.json").is_file()
     for name, command in commands(pipe, run, args).items():
-        stage = stages[name] = timed(command, folder / f"{name}.log")
+        stage = stages[name] = timed(command, folder / f"{name}.log") | ({"kept": kept} if name == "build" else {})
         print(f"{name:12} rc {stage['rc']}  {stage['seconds']:7.1f} s  peak {stage['peak_gb']:5.1f} GB"
               f"  ({folder / f'{name}.log'})", flush=True)
         if stage["rc"]:
